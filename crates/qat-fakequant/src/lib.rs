@@ -1,0 +1,1 @@
+//! # qat-fakequant — fake quantization for candle, with straight-through gradients

@@ -21,21 +21,14 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn write_split(dir: &Path, prefix: &str, images: Vec<u8>, labels: Vec<u8>, compress: bool) {
-    let (ext, f): (&str, fn(&[u8]) -> Vec<u8>) = if compress {
-        (".gz", gz)
-    } else {
-        ("", |b: &[u8]| b.to_vec())
-    };
-    std::fs::write(
-        dir.join(format!("{prefix}-images-idx3-ubyte{ext}")),
-        f(&images),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")),
-        f(&labels),
-    )
-    .unwrap();
+    for (kind, bytes) in [("images-idx3", images), ("labels-idx1", labels)] {
+        let (name, bytes) = if compress {
+            (format!("{prefix}-{kind}-ubyte.gz"), gz(&bytes))
+        } else {
+            (format!("{prefix}-{kind}-ubyte"), bytes)
+        };
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
 }
 
 fn tiny_images(n: u32) -> Vec<u8> {

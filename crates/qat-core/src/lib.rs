@@ -17,6 +17,7 @@
 
 mod dtype;
 mod error;
+mod qarith;
 mod qparams;
 mod quantize;
 mod requant;
@@ -28,5 +29,6 @@ pub use qparams::{choose_qparams, choose_qparams_per_channel, QParams, TensorQPa
 pub use quantize::{
     dequantize, fake_quantize, fake_quantize_with_inv, inv_scale, quantize, quantize_with_inv,
 };
+pub use qarith::{add_multipliers, avg_pool_multiplier, global_avg_pool, quantized_add};
 pub use requant::{requant_multiplier, requantize, Requant};
 pub use scheme::QScheme;

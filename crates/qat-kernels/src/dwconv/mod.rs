@@ -1,0 +1,301 @@
+//! Depthwise convolution (channel multiplier 1) on NHWC u8 activations, as direct kernels
+//! vectorized over channels.
+//!
+//! Output element `(n, oy, ox, c)` is
+//! `requantize(bias[c] + Σ_taps w[c][ky][kx] · (x[n][iy][ix][c] - zp_in))` where a padded
+//! position reads `zp_in` (so it contributes exactly 0), with [`qat_core::requantize`] as the one
+//! definition and the i32 sum taken modulo 2^32 (wrapping; any bias works and every path agrees).
+//!
+//! # How the SIMD kernels stay exact at the borders
+//!
+//! Weights are packed once as `[tap][C padded to 16]` i16 with the zero-point correction folded
+//! into the bias: `bias' = bias - zp_in · Σ_taps w`. The kernels then accumulate `Σ w · x`
+//! directly on the raw bytes (u8 widened to i32 lanes, multiplied by the i16 weight with an
+//! exact `vpmaddwd` / `vpdpwssd` / `smlal`: no saturating instruction anywhere). A padded tap
+//! reads from a row of `zp_in` bytes through a per-output-row indirection buffer, so it adds
+//! `w · zp_in`, which the folded bias cancels exactly — borders, strides, dilations and any
+//! padding run through the same interior loop.
+//!
+//! ```
+//! use qat_core::QParams;
+//! use qat_kernels::{conv::Conv2dGeometry, dwconv::DwConv, Activation, Isa};
+//! let c = 2;
+//! let w = vec![1i8; c * 9]; // every tap 1
+//! let dw = DwConv::new(
+//!     c, Conv2dGeometry::square(3, 1, 1), &w, &[1.0, 1.0], &[0, 0],
+//!     QParams { scale: 1.0, zero_point: 0 }, QParams { scale: 1.0, zero_point: 0 },
+//!     Activation::None,
+//! ).unwrap();
+//! let x = vec![1u8; 3 * 3 * c]; // 1×3×3×2, all ones
+//! let mut y = vec![0u8; 3 * 3 * c];
+//! dw.run(&x, 1, 3, 3, &mut y, Isa::Scalar, 1).unwrap();
+//! assert_eq!(&y[..2], &[4, 4]); // corner: 4 taps inside
+//! assert_eq!(&y[8..10], &[9, 9]); // centre: 9 taps
+//! ```
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+pub mod reference;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+use crate::conv::Conv2dGeometry;
+use crate::error::{check_isa, check_len, check_scale, check_zero_point, KernelError, Result};
+use crate::{Activation, Isa};
+use qat_core::QParams;
+use rayon::prelude::*;
+
+/// Channels per packed block: the widest vector (AVX-512: 16 i32 lanes).
+pub(crate) const BLOCK: usize = 16;
+
+/// A depthwise convolution with its weights packed once.
+#[derive(Debug, Clone)]
+pub struct DwConv {
+    channels: usize,
+    geometry: Conv2dGeometry,
+    /// Canonical weights `[C][kh][kw]` (PyTorch's `[C, 1, kh, kw]`), for the scalar reference.
+    weights: Vec<i8>,
+    bias: Vec<i32>,
+    /// `[tap][padded C]`, zero in the padded channels.
+    packed_weights: Vec<i16>,
+    /// `bias - zp_in · Σ_taps w`, wrapping; padded with 0.
+    packed_bias: Vec<i32>,
+    /// Per channel `in_scale · w_scale / out_scale`; padded with 0.
+    multiplier: Vec<f32>,
+    input_zero_point: i32,
+    output_zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+    /// `zp_in` repeated over the padded channel count: what a padded tap reads.
+    zero_row: Vec<u8>,
+}
+
+/// Everything a row kernel needs, borrowed from [`DwConv`].
+pub(crate) struct RowParams<'a> {
+    pub channels: usize,
+    pub taps: usize,
+    pub packed_weights: &'a [i16],
+    pub packed_bias: &'a [i32],
+    pub multiplier: &'a [f32],
+    pub zero_point: i32,
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl DwConv {
+    /// Validate and pack a depthwise convolution.
+    ///
+    /// * `weights`: `[C][kh][kw]` i8 (PyTorch's `[C, 1, kh, kw]`), symmetric per channel, the
+    ///   full `[-128, 127]` range allowed.
+    /// * `weight_scales`: one per channel; `bias`: one i32 per channel, in units of
+    ///   `input.scale · weight_scale[c]`.
+    /// * `input` / `output`: u8 activation parameters; `activation` is fused as a clamp.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        channels: usize,
+        geometry: Conv2dGeometry,
+        weights: &[i8],
+        weight_scales: &[f32],
+        bias: &[i32],
+        input: QParams,
+        output: QParams,
+        activation: Activation,
+    ) -> Result<DwConv> {
+        if channels == 0 {
+            return Err(KernelError::Shape("depthwise conv with 0 channels".into()));
+        }
+        geometry.validate()?;
+        let taps = geometry.taps();
+        check_len("depthwise weights [C][kh][kw]", channels * taps, weights.len())?;
+        check_len("depthwise weight scales", channels, weight_scales.len())?;
+        check_len("depthwise bias", channels, bias.len())?;
+        check_scale("input scale", input.scale)?;
+        check_scale("output scale", output.scale)?;
+        check_zero_point("input zero point", input.zero_point, 0, 255)?;
+        check_zero_point("output zero point", output.zero_point, 0, 255)?;
+        for &s in weight_scales {
+            check_scale("weight scale", s)?;
+        }
+        let cp = channels.div_ceil(BLOCK) * BLOCK;
+        let mut packed_weights = vec![0i16; taps * cp];
+        let mut packed_bias = vec![0i32; cp];
+        let mut multiplier = vec![0f32; cp];
+        for c in 0..channels {
+            let mut sum_w = 0i32;
+            for t in 0..taps {
+                let w = weights[c * taps + t];
+                packed_weights[t * cp + c] = w as i16;
+                sum_w += w as i32;
+            }
+            packed_bias[c] = bias[c].wrapping_sub(input.zero_point.wrapping_mul(sum_w));
+            let m = qat_core::requant_multiplier(input.scale, weight_scales[c], output.scale);
+            if !(m.is_finite() && m > 0.0) {
+                return Err(KernelError::Scale {
+                    what: "requantization multiplier in_scale·w_scale/out_scale",
+                    value: m,
+                });
+            }
+            multiplier[c] = m;
+        }
+        let (qmin, qmax) = activation.bounds(output);
+        Ok(DwConv {
+            channels,
+            geometry,
+            weights: weights.to_vec(),
+            bias: bias.to_vec(),
+            packed_weights,
+            packed_bias,
+            multiplier,
+            input_zero_point: input.zero_point,
+            output_zero_point: output.zero_point,
+            qmin,
+            qmax,
+            zero_row: vec![input.zero_point as u8; cp],
+        })
+    }
+
+    /// Channels (input = output).
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The geometry it was built with.
+    pub fn geometry(&self) -> Conv2dGeometry {
+        self.geometry
+    }
+
+    /// Output `(height, width)` for an `h × w` input.
+    pub fn output_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        self.geometry.output_hw(h, w)
+    }
+
+    /// The kernel family [`DwConv::run`] uses for `isa`: the SIMD ISAs without a depthwise
+    /// kernel of their own run their family's (AVX-VNNI → AVX2, dotprod / i8mm → NEON), and
+    /// kernel sizes other than 3×3 / 5×5 (9 / 25 taps) run the scalar reference.
+    pub fn kernel_isa(&self, isa: Isa) -> Isa {
+        if !matches!(self.geometry.taps(), 9 | 25) {
+            return Isa::Scalar;
+        }
+        match isa {
+            Isa::Avx2 | Isa::AvxVnni => Isa::Avx2,
+            Isa::Avx512Vnni => Isa::Avx512Vnni,
+            Isa::Neon | Isa::Dotprod | Isa::I8mm => Isa::Neon,
+            Isa::Scalar => Isa::Scalar,
+        }
+    }
+
+    /// Run on an NHWC u8 input `[n][h][w][C]`, writing `[n][oh][ow][C]` into `output`.
+    ///
+    /// `threads <= 1` runs on the calling thread (no pool); more splits the `n · oh` output
+    /// rows over the current rayon pool. The result is identical for any thread count and
+    /// every ISA. Returns the kernel family that ran (see [`DwConv::kernel_isa`]).
+    pub fn run(
+        &self,
+        input: &[u8],
+        n: usize,
+        h: usize,
+        w: usize,
+        output: &mut [u8],
+        isa: Isa,
+        threads: usize,
+    ) -> Result<Isa> {
+        check_isa(isa)?;
+        if n == 0 {
+            return Err(KernelError::Shape("depthwise conv batch is 0".into()));
+        }
+        let (oh, ow) = self.output_hw(h, w)?;
+        let c = self.channels;
+        let in_len = n
+            .checked_mul(h)
+            .and_then(|v| v.checked_mul(w))
+            .and_then(|v| v.checked_mul(c))
+            .ok_or_else(|| KernelError::Shape("input size overflows usize".into()))?;
+        check_len("depthwise input NHWC", in_len, input.len())?;
+        check_len("depthwise output NHWC", n * oh * ow * c, output.len())?;
+        let kernel = self.kernel_isa(isa);
+        let row_len = ow * c;
+        let do_row = |row: usize, out: &mut [u8], scratch: &mut Vec<*const u8>| {
+            let (b, oy) = (row / oh, row % oh);
+            match kernel {
+                Isa::Scalar => reference::dwconv_row(self, input, h, w, b, oy, ow, out),
+                _ => self.simd_row(kernel, input, h, w, b, oy, ow, out, scratch),
+            }
+        };
+        if threads <= 1 {
+            let mut scratch = Vec::new();
+            for (row, out) in output.chunks_mut(row_len).enumerate() {
+                do_row(row, out, &mut scratch);
+            }
+        } else {
+            output.par_chunks_mut(row_len).enumerate().for_each_init(
+                Vec::new,
+                |scratch, (row, out)| do_row(row, out, scratch),
+            );
+        }
+        Ok(kernel)
+    }
+
+    /// One output row through a SIMD kernel: build the row's indirection buffer (a pointer per
+    /// output pixel and tap, to the input pixel or to the zero-point row), then call the kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn simd_row(
+        &self,
+        kernel: Isa,
+        input: &[u8],
+        h: usize,
+        w: usize,
+        b: usize,
+        oy: usize,
+        ow: usize,
+        out: &mut [u8],
+        ptrs: &mut Vec<*const u8>,
+    ) {
+        let g = &self.geometry;
+        let c = self.channels;
+        let taps = g.taps();
+        ptrs.clear();
+        ptrs.reserve(ow * taps);
+        let zero = self.zero_row.as_ptr();
+        for ox in 0..ow {
+            for ky in 0..g.kernel_h {
+                let iy = (oy * g.stride_h + ky * g.dilation_h) as isize - g.pad_h as isize;
+                for kx in 0..g.kernel_w {
+                    let ix = (ox * g.stride_w + kx * g.dilation_w) as isize - g.pad_w as isize;
+                    let inside = iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w;
+                    ptrs.push(if inside {
+                        let off = ((b * h + iy as usize) * w + ix as usize) * c;
+                        input[off..off + c].as_ptr()
+                    } else {
+                        zero
+                    });
+                }
+            }
+        }
+        let p = RowParams {
+            channels: c,
+            taps,
+            packed_weights: &self.packed_weights,
+            packed_bias: &self.packed_bias,
+            multiplier: &self.multiplier,
+            zero_point: self.output_zero_point,
+            lo: (self.qmin - self.output_zero_point) as f32,
+            hi: (self.qmax - self.output_zero_point) as f32,
+        };
+        debug_assert_eq!(out.len(), ow * c);
+        match kernel {
+            // SAFETY: `kernel_isa` only yields an ISA family that `run` checked is supported
+            // (AVX-VNNI implies AVX2); every pointer in `ptrs` addresses `c` readable bytes (an
+            // input pixel or the zero row, which holds `c` rounded up to 16), `out` holds
+            // `ow · c` bytes, and the packed arrays hold `taps` × (C rounded up to 16).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86_64::row_avx2(&p, ptrs, ow, out) },
+            // SAFETY: as above, with AVX-512F/BW/VL + VNNI checked by `run`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { x86_64::row_avx512(&p, ptrs, ow, out) },
+            // SAFETY: as above, with NEON checked by `run`.
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { aarch64::row_neon(&p, ptrs, ow, out) },
+            _ => reference::dwconv_row(self, input, h, w, b, oy, ow, out),
+        }
+    }
+}

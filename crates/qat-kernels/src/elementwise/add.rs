@@ -1,7 +1,7 @@
 //! Quantized add of two u8 tensors with different scales / zero points, with a fused ReLU.
 
 use super::{kernel_isa, CHUNK};
-use crate::error::{check_isa, check_len, check_scale, check_zero_point, Result};
+use crate::error::{check_isa, check_len, check_scale, check_zero_point, KernelError, Result};
 use crate::{Activation, Isa};
 use qat_core::QParams;
 use rayon::prelude::*;
@@ -68,6 +68,9 @@ impl QuantizedAdd {
         check_isa(isa)?;
         check_len("add input b (length of a)", a.len(), b.len())?;
         check_len("add output (length of a)", a.len(), out.len())?;
+        if a.is_empty() {
+            return Err(KernelError::Shape("quantized add of empty tensors".into()));
+        }
         let kernel = kernel_isa(isa);
         let f = |a: &[u8], b: &[u8], out: &mut [u8]| self.run_chunk(a, b, out, kernel);
         if threads <= 1 || out.len() <= CHUNK {

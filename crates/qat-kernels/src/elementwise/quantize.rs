@@ -1,11 +1,14 @@
 //! Quantize f32 → u8 and dequantize u8 → f32, exactly as qat-core (and PyTorch) define them.
 
 use super::{for_chunks, kernel_isa};
-use crate::error::{check_isa, check_len, check_scale, check_zero_point, Result};
+use crate::error::{check_isa, check_len, check_scale, check_zero_point, KernelError, Result};
 use crate::Isa;
 use qat_core::QParams;
 
-fn check_q(what: &'static str, q: QParams) -> Result<()> {
+fn check_q(what: &'static str, q: QParams, len: usize) -> Result<()> {
+    if len == 0 {
+        return Err(KernelError::Shape(format!("{what} of an empty tensor")));
+    }
     check_scale(what, q.scale)?;
     check_zero_point(what, q.zero_point, 0, 255)
 }
@@ -24,7 +27,7 @@ fn check_q(what: &'static str, q: QParams) -> Result<()> {
 /// ```
 pub fn quantize_u8(x: &[f32], q: QParams, out: &mut [u8], isa: Isa, threads: usize) -> Result<Isa> {
     check_isa(isa)?;
-    check_q("quantize", q)?;
+    check_q("quantize", q, x.len())?;
     check_len("quantize output (length of input)", x.len(), out.len())?;
     let inv = qat_core::inv_scale(q.scale);
     let kernel = kernel_isa(isa);
@@ -51,7 +54,7 @@ pub fn dequantize_u8(
     threads: usize,
 ) -> Result<Isa> {
     check_isa(isa)?;
-    check_q("dequantize", p)?;
+    check_q("dequantize", p, q.len())?;
     check_len("dequantize output (length of input)", q.len(), out.len())?;
     let kernel = kernel_isa(isa);
     for_chunks(q, out, threads, |q, out| match kernel {

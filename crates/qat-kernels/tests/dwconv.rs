@@ -142,13 +142,14 @@ fn naive(case: &Case) -> (Vec<u8>, Vec<f64>) {
                         for kx in 0..g.kernel_w {
                             let iy = (oy * g.stride_h + ky * g.dilation_h) as i64 - g.pad_h as i64;
                             let ix = (ox * g.stride_w + kx * g.dilation_w) as i64 - g.pad_w as i64;
-                            let x = if iy < 0 || ix < 0 || iy >= case.h as i64 || ix >= case.w as i64
-                            {
-                                case.input_q.zero_point as i64
-                            } else {
-                                case.x[((b * case.h + iy as usize) * case.w + ix as usize) * case.c
-                                    + c] as i64
-                            };
+                            let x =
+                                if iy < 0 || ix < 0 || iy >= case.h as i64 || ix >= case.w as i64 {
+                                    case.input_q.zero_point as i64
+                                } else {
+                                    case.x[((b * case.h + iy as usize) * case.w + ix as usize)
+                                        * case.c
+                                        + c] as i64
+                                };
                             let wt = case.weights[(c * g.kernel_h + ky) * g.kernel_w + kx] as i64;
                             acc += wt * (x - case.input_q.zero_point as i64);
                         }
@@ -171,7 +172,14 @@ fn scalar_reference_matches_naive_definition() {
     let mut rng = StdRng::seed_from_u64(1);
     let (mut total, mut near_ties) = (0usize, 0usize);
     for i in 0..150 {
-        let case = random_case(&mut rng, if i % 3 == 0 { Fill::Extreme } else { Fill::Random });
+        let case = random_case(
+            &mut rng,
+            if i % 3 == 0 {
+                Fill::Extreme
+            } else {
+                Fill::Random
+            },
+        );
         let got = case.run(Isa::Scalar, 1);
         let (want, exact) = naive(&case);
         assert_eq!(got.len(), want.len(), "{}", case.describe());
@@ -182,7 +190,11 @@ fn scalar_reference_matches_naive_definition() {
             let frac = e - e.floor();
             if (frac - 0.5).abs() < 1e-3 {
                 near_ties += 1;
-                assert!((g as i32 - w as i32).abs() <= 1, "{} at {j}", case.describe());
+                assert!(
+                    (g as i32 - w as i32).abs() <= 1,
+                    "{} at {j}",
+                    case.describe()
+                );
             } else {
                 assert_eq!(g, w, "{} at {j}: exact {e}", case.describe());
             }
@@ -213,21 +225,28 @@ fn check_isas(cases: &[Case]) {
                 );
             }
         }
-        println!("{isa}: {} cases equal to scalar (kernels {ran:?})", cases.len());
+        println!(
+            "{isa}: {} cases equal to scalar (kernels {ran:?})",
+            cases.len()
+        );
     }
 }
 
 #[test]
 fn every_isa_equals_scalar_on_random_shapes() {
     let mut rng = StdRng::seed_from_u64(2);
-    let cases: Vec<Case> = (0..120).map(|_| random_case(&mut rng, Fill::Random)).collect();
+    let cases: Vec<Case> = (0..120)
+        .map(|_| random_case(&mut rng, Fill::Random))
+        .collect();
     check_isas(&cases);
 }
 
 #[test]
 fn every_isa_equals_scalar_on_extreme_values() {
     let mut rng = StdRng::seed_from_u64(3);
-    let cases: Vec<Case> = (0..80).map(|_| random_case(&mut rng, Fill::Extreme)).collect();
+    let cases: Vec<Case> = (0..80)
+        .map(|_| random_case(&mut rng, Fill::Extreme))
+        .collect();
     check_isas(&cases);
 }
 
@@ -273,7 +292,9 @@ fn results_do_not_depend_on_thread_count() {
         let mut case = random_case(&mut rng, Fill::Random);
         case.n = 2;
         case.h += 8;
-        case.x = (0..case.n * case.h * case.w * case.c).map(|_| rng.gen()).collect();
+        case.x = (0..case.n * case.h * case.w * case.c)
+            .map(|_| rng.gen())
+            .collect();
         for isa in Isa::supported() {
             let one = case.run(isa, 1);
             for threads in [2, 3] {
@@ -333,7 +354,14 @@ fn bad_inputs_are_errors() {
         Err(KernelError::ZeroPoint { .. })
     ));
     assert!(matches!(
-        mk(2, Conv2dGeometry::square(3, 0, 1), 18, &[1.0; 2], &[0; 2], q),
+        mk(
+            2,
+            Conv2dGeometry::square(3, 0, 1),
+            18,
+            &[1.0; 2],
+            &[0; 2],
+            q
+        ),
         Err(KernelError::Param(_))
     ));
     assert!(matches!(
@@ -359,7 +387,15 @@ fn bad_inputs_are_errors() {
         dw.run(&[], 1, 0, 4, &mut [], Isa::Scalar, 1),
         Err(KernelError::Shape(_))
     ));
-    let valid_no_pad = mk(2, Conv2dGeometry::square(3, 1, 0), 18, &[1.0; 2], &[0; 2], q).unwrap();
+    let valid_no_pad = mk(
+        2,
+        Conv2dGeometry::square(3, 1, 0),
+        18,
+        &[1.0; 2],
+        &[0; 2],
+        q,
+    )
+    .unwrap();
     assert!(matches!(
         valid_no_pad.run(&[0u8; 8], 1, 2, 2, &mut [], Isa::Scalar, 1),
         Err(KernelError::Param(_))

@@ -45,7 +45,13 @@ fn add_every_isa_equals_scalar() {
             let extreme = round % 4 == 0;
             let gen = |rng: &mut StdRng| -> Vec<u8> {
                 (0..n)
-                    .map(|_| if extreme { [0, 255][rng.gen_range(0..2)] } else { rng.gen() })
+                    .map(|_| {
+                        if extreme {
+                            [0, 255][rng.gen_range(0..2)]
+                        } else {
+                            rng.gen()
+                        }
+                    })
                     .collect()
             };
             let (a, b) = (gen(&mut rng), gen(&mut rng));
@@ -76,7 +82,8 @@ fn add_reference_matches_f64_away_from_ties() {
             let real = ((a[i] as i32 - qa.zero_point) as f64 * qa.scale as f64
                 + (b[i] as i32 - qb.zero_point) as f64 * qb.scale as f64)
                 / qo.scale as f64;
-            let want = (real.round_ties_even() as i64 + qo.zero_point as i64).clamp(lo as i64, hi as i64);
+            let want =
+                (real.round_ties_even() as i64 + qo.zero_point as i64).clamp(lo as i64, hi as i64);
             total += 1;
             if ((real - real.floor()) - 0.5).abs() < 1e-3 {
                 ties += 1;
@@ -200,7 +207,10 @@ fn quantize_and_dequantize_every_isa_equal_scalar() {
                 assert!((d as f64 - exact).abs() <= exact.abs() * 1e-7);
             }
         }
-        println!("quantize/dequantize {isa}: equal to scalar (kernel {})", ran.unwrap());
+        println!(
+            "quantize/dequantize {isa}: equal to scalar (kernel {})",
+            ran.unwrap()
+        );
     });
 }
 
@@ -216,7 +226,8 @@ fn results_do_not_depend_on_thread_count() {
     let a: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
     let b: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
     let x = special_floats(&mut rng, q.scale, n);
-    let add = QuantizedAdd::new(q, random_q(&mut rng), random_q(&mut rng), Activation::Relu).unwrap();
+    let add =
+        QuantizedAdd::new(q, random_q(&mut rng), random_q(&mut rng), Activation::Relu).unwrap();
     for isa in Isa::supported() {
         let run = |threads: usize| {
             let mut s = vec![0u8; n];
@@ -231,7 +242,10 @@ fn results_do_not_depend_on_thread_count() {
         };
         let one = run(1);
         for threads in [2, 3] {
-            assert!(pool.install(|| run(threads)) == one, "{isa} threads={threads}");
+            assert!(
+                pool.install(|| run(threads)) == one,
+                "{isa} threads={threads}"
+            );
         }
     }
 }

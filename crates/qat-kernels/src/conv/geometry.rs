@@ -59,7 +59,10 @@ impl Conv2dGeometry {
                 return Err(KernelError::Param(format!("{name} must be >= 1, got 0")));
             }
         }
-        for (name, v) in fields.into_iter().chain([("pad_h", self.pad_h), ("pad_w", self.pad_w)]) {
+        for (name, v) in fields
+            .into_iter()
+            .chain([("pad_h", self.pad_h), ("pad_w", self.pad_w)])
+        {
             if v > 1 << 16 {
                 return Err(KernelError::Param(format!("{name} = {v} is too large")));
             }

@@ -106,7 +106,11 @@ impl DwConv {
         }
         geometry.validate()?;
         let taps = geometry.taps();
-        check_len("depthwise weights [C][kh][kw]", channels * taps, weights.len())?;
+        check_len(
+            "depthwise weights [C][kh][kw]",
+            channels * taps,
+            weights.len(),
+        )?;
         check_len("depthwise weight scales", channels, weight_scales.len())?;
         check_len("depthwise bias", channels, bias.len())?;
         check_scale("input scale", input.scale)?;
@@ -227,10 +231,10 @@ impl DwConv {
                 do_row(row, out, &mut scratch);
             }
         } else {
-            output.par_chunks_mut(row_len).enumerate().for_each_init(
-                Vec::new,
-                |scratch, (row, out)| do_row(row, out, scratch),
-            );
+            output
+                .par_chunks_mut(row_len)
+                .enumerate()
+                .for_each_init(Vec::new, |scratch, (row, out)| do_row(row, out, scratch));
         }
         Ok(kernel)
     }

@@ -31,8 +31,14 @@ pub(super) unsafe fn add_neon(q: &QuantizedAdd, a: &[u8], b: &[u8], out: &mut [u
         // SAFETY: `i + 8 <= body <= n` for all three equal-length slices.
         unsafe {
             // x - zp lies in [-255, 255]: exact in i16.
-            let da = vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(vld1_u8(a.as_ptr().add(i)))), zpa);
-            let db = vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(vld1_u8(b.as_ptr().add(i)))), zpb);
+            let da = vsubq_s16(
+                vreinterpretq_s16_u16(vmovl_u8(vld1_u8(a.as_ptr().add(i)))),
+                zpa,
+            );
+            let db = vsubq_s16(
+                vreinterpretq_s16_u16(vmovl_u8(vld1_u8(b.as_ptr().add(i)))),
+                zpb,
+            );
             let mut r = [vdupq_n_s32(0); 2];
             for (k, (xa, xb)) in [
                 (vget_low_s16(da), vget_low_s16(db)),
@@ -80,7 +86,11 @@ pub(super) unsafe fn channel_sums_neon(x: &[u8], c: usize, sums: &mut [i32]) {
     if body < c {
         let tail = c - body;
         let mut t = vec![0i32; tail];
-        let strip: Vec<u8> = x.chunks_exact(c).flat_map(|px| &px[body..]).copied().collect();
+        let strip: Vec<u8> = x
+            .chunks_exact(c)
+            .flat_map(|px| &px[body..])
+            .copied()
+            .collect();
         channel_sums_reference(&strip, tail, &mut t);
         sums[body..].copy_from_slice(&t);
     }
@@ -130,7 +140,10 @@ pub(super) unsafe fn dequantize_neon(q: &[u8], p: QParams, out: &mut [f32]) {
     while i < body {
         // SAFETY: `i + 8 <= n` for both equal-length slices.
         unsafe {
-            let d = vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(vld1_u8(q.as_ptr().add(i)))), zp);
+            let d = vsubq_s16(
+                vreinterpretq_s16_u16(vmovl_u8(vld1_u8(q.as_ptr().add(i)))),
+                zp,
+            );
             let a = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(d))), s);
             let b = vmulq_f32(vcvtq_f32_s32(vmovl_high_s16(d)), s);
             vst1q_f32(out.as_mut_ptr().add(i), a);

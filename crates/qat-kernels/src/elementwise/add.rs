@@ -57,14 +57,7 @@ impl QuantizedAdd {
     }
 
     /// Add `a` and `b` (same length) into `out`. Returns the kernel family that ran.
-    pub fn run(
-        &self,
-        a: &[u8],
-        b: &[u8],
-        out: &mut [u8],
-        isa: Isa,
-        threads: usize,
-    ) -> Result<Isa> {
+    pub fn run(&self, a: &[u8], b: &[u8], out: &mut [u8], isa: Isa, threads: usize) -> Result<Isa> {
         check_isa(isa)?;
         check_len("add input b (length of a)", a.len(), b.len())?;
         check_len("add output (length of a)", a.len(), out.len())?;

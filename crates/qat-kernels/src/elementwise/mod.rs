@@ -7,9 +7,9 @@
 //! so every path is bit-identical. These ops are memory-bound: 8 lanes already saturate the
 //! load ports, so the AVX-512 ISA runs the AVX2 kernels (reported as [`Isa::Avx2`]).
 
-mod add;
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+mod add;
 mod pool;
 mod quantize;
 #[cfg(target_arch = "x86_64")]

@@ -42,12 +42,9 @@ pub fn global_avg_pool(
             "global average pool over an empty tensor [{n}, {h}, {w}, {c}]"
         )));
     }
-    let area = h
-        .checked_mul(w)
-        .filter(|&a| a <= MAX_AREA)
-        .ok_or_else(|| {
-            KernelError::Shape(format!("pooled area {h}×{w} exceeds {MAX_AREA} pixels"))
-        })?;
+    let area = h.checked_mul(w).filter(|&a| a <= MAX_AREA).ok_or_else(|| {
+        KernelError::Shape(format!("pooled area {h}×{w} exceeds {MAX_AREA} pixels"))
+    })?;
     check_scale("pool input scale", input_q.scale)?;
     check_scale("pool output scale", output_q.scale)?;
     check_zero_point("pool input", input_q.zero_point, 0, 255)?;

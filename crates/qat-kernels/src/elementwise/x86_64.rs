@@ -88,7 +88,11 @@ pub(super) unsafe fn channel_sums_avx2(x: &[u8], c: usize, sums: &mut [i32]) {
     if body < c {
         let tail = c - body;
         let mut t = vec![0i32; tail];
-        let strip: Vec<u8> = x.chunks_exact(c).flat_map(|px| &px[body..]).copied().collect();
+        let strip: Vec<u8> = x
+            .chunks_exact(c)
+            .flat_map(|px| &px[body..])
+            .copied()
+            .collect();
         channel_sums_reference(&strip, tail, &mut t);
         sums[body..].copy_from_slice(&t);
     }

@@ -51,7 +51,7 @@ pub(crate) fn relu(x: &[f32], out: &mut [f32]) {
 /// PyTorch's Hardswish: `x · min(max(x + 3, 0), 6) / 6`.
 pub(crate) fn hardswish(x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = v * (v + 3.0).max(0.0).min(6.0) / 6.0;
+        *o = v * (v + 3.0).clamp(0.0, 6.0) / 6.0;
     }
 }
 

@@ -339,10 +339,10 @@ impl QuantizedModel {
     fn take_arena(&self, batch: usize) -> Result<Arena> {
         let found = {
             let mut arenas = self.arenas.lock().unwrap_or_else(|e| e.into_inner());
-            match arenas.iter().position(|a| a.batch == batch) {
-                Some(i) => Some(arenas.swap_remove(i)),
-                None => None,
-            }
+            arenas
+                .iter()
+                .position(|a| a.batch == batch)
+                .map(|i| arenas.swap_remove(i))
         };
         match found {
             Some(a) => Ok(a),

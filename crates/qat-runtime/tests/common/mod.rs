@@ -243,6 +243,7 @@ pub struct Small {
     pub fc: LinearParams,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn conv(
     r: &mut impl Rng,
     ci: usize,

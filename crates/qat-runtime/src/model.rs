@@ -412,26 +412,27 @@ impl QuantizedModel {
             if matches!(step.kernel, Kernel::Flatten) {
                 exec::run_step(cx, Io::None)?;
             } else {
-                let ins: Vec<(Kind, usize, usize)> = step
-                    .inputs
-                    .iter()
-                    .map(|&iv| {
-                        let (k, s) = self.plan.slot[iv];
-                        (k, s, in_len(iv))
-                    })
-                    .collect();
+                // (kind, slot, length) of each input (one or two), without allocating.
+                let at = |iv: usize| {
+                    let (k, s) = self.plan.slot[iv];
+                    (k, s, in_len(iv))
+                };
+                let first = at(step.inputs[0]);
+                let second = step.inputs.get(1).map(|&iv| at(iv));
+                let ins = (first, second);
                 match ko {
                     Kind::U8 => {
                         let mut y = std::mem::take(&mut arena.u8[so]);
                         let r = {
                             let yo = &mut y[..n_out];
-                            let io = match ins[0].0 {
+                            let (a, b) = ins;
+                            let io = match a.0 {
                                 Kind::U8 => Io::U8ToU8(
-                                    &arena.u8[ins[0].1][..ins[0].2],
-                                    ins.get(1).map(|b| &arena.u8[b.1][..b.2]),
+                                    &arena.u8[a.1][..a.2],
+                                    b.map(|b| &arena.u8[b.1][..b.2]),
                                     yo,
                                 ),
-                                Kind::F32 => Io::F32ToU8(&arena.f32[ins[0].1][..ins[0].2], yo),
+                                Kind::F32 => Io::F32ToU8(&arena.f32[a.1][..a.2], yo),
                             };
                             exec::run_step(cx, io)
                         };
@@ -442,11 +443,12 @@ impl QuantizedModel {
                         let mut y = std::mem::take(&mut arena.f32[so]);
                         let r = {
                             let yo = &mut y[..n_out];
-                            let io = match ins[0].0 {
-                                Kind::U8 => Io::U8ToF32(&arena.u8[ins[0].1][..ins[0].2], yo),
+                            let (a, b) = ins;
+                            let io = match a.0 {
+                                Kind::U8 => Io::U8ToF32(&arena.u8[a.1][..a.2], yo),
                                 Kind::F32 => Io::F32ToF32(
-                                    &arena.f32[ins[0].1][..ins[0].2],
-                                    ins.get(1).map(|b| &arena.f32[b.1][..b.2]),
+                                    &arena.f32[a.1][..a.2],
+                                    b.map(|b| &arena.f32[b.1][..b.2]),
                                     yo,
                                 ),
                             };

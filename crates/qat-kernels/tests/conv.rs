@@ -86,6 +86,7 @@ impl Case {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn make_case(
     rng: &mut StdRng,
     ci: usize,

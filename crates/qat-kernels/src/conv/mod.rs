@@ -42,7 +42,7 @@ use qat_core::{QParams, Requant};
 /// How a [`Conv2d`] runs.
 #[derive(Debug, Clone)]
 enum Path {
-    Depthwise(DwConv),
+    Depthwise(Box<DwConv>),
     /// One GEMM per group; `direct` = 1×1 stride 1 unpadded (no im2col).
     Gemm {
         gemms: Vec<PackedGemm>,
@@ -97,7 +97,7 @@ impl Conv2d {
                 "conv with C_in = {in_channels}, C_out = {out_channels}, groups = {groups}"
             )));
         }
-        if in_channels % groups != 0 || out_channels % groups != 0 {
+        if !in_channels.is_multiple_of(groups) || !out_channels.is_multiple_of(groups) {
             return Err(KernelError::Param(format!(
                 "groups = {groups} must divide C_in = {in_channels} and C_out = {out_channels}"
             )));
@@ -136,7 +136,7 @@ impl Conv2d {
 
         let path = if groups == in_channels && groups == out_channels {
             let zeros = vec![0i32; out_channels];
-            Path::Depthwise(DwConv::new(
+            Path::Depthwise(Box::new(DwConv::new(
                 in_channels,
                 geometry,
                 weights,
@@ -145,7 +145,7 @@ impl Conv2d {
                 input,
                 output,
                 activation,
-            )?)
+            )?))
         } else {
             let k = taps * cg;
             let mut gemms = Vec::with_capacity(groups);

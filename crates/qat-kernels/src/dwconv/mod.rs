@@ -16,6 +16,11 @@
 //! `w · zp_in`, which the folded bias cancels exactly — borders, strides, dilations and any
 //! padding run through the same interior loop.
 //!
+//! On AVX-512 VNNI, kernels up to 8 taps wide with undilated columns (3×3 and 5×5 included)
+//! run a faster variant (`x86_64_quad`): each input row is rearranged once per channel block
+//! into *quads* (four horizontally adjacent pixels in the four bytes of a dword lane), so one
+//! exact `vpdpbusd` (u8 × i8, four products per lane, no saturation) covers four taps.
+//!
 //! ```
 //! use qat_core::QParams;
 //! use qat_kernels::{conv::Conv2dGeometry, dwconv::DwConv, Activation, Isa};
@@ -35,9 +40,12 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
-pub mod reference;
+mod reference;
+pub mod shapes;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64_quad;
 
 use crate::conv::Conv2dGeometry;
 use crate::error::{check_isa, check_len, check_scale, check_zero_point, KernelError, Result};
@@ -58,6 +66,9 @@ pub struct DwConv {
     bias: Vec<i32>,
     /// `[tap][padded C]`, zero in the padded channels.
     packed_weights: Vec<i16>,
+    /// `[ky][quad][padded C]` dwords of four i8 taps, for the AVX-512 quad kernel (empty when
+    /// the geometry does not suit it).
+    packed_quads: Vec<i32>,
     /// `bias - zp_in · Σ_taps w`, wrapping; padded with 0.
     packed_bias: Vec<i32>,
     /// Per channel `in_scale · w_scale / out_scale`; padded with 0.
@@ -142,12 +153,23 @@ impl DwConv {
             multiplier[c] = m;
         }
         let (qmin, qmax) = activation.bounds(output);
+        let packed_quads = if Self::quad_geometry(&geometry) {
+            #[cfg(target_arch = "x86_64")]
+            let q =
+                x86_64_quad::pack_quads(weights, channels, geometry.kernel_h, geometry.kernel_w);
+            #[cfg(not(target_arch = "x86_64"))]
+            let q = Vec::new();
+            q
+        } else {
+            Vec::new()
+        };
         Ok(DwConv {
             channels,
             geometry,
             weights: weights.to_vec(),
             bias: bias.to_vec(),
             packed_weights,
+            packed_quads,
             packed_bias,
             multiplier,
             input_zero_point: input.zero_point,
@@ -177,15 +199,29 @@ impl DwConv {
     /// kernel of their own run their family's (AVX-VNNI → AVX2, dotprod / i8mm → NEON), and
     /// kernel sizes other than 3×3 / 5×5 (9 / 25 taps) run the scalar reference.
     pub fn kernel_isa(&self, isa: Isa) -> Isa {
-        if !matches!(self.geometry.taps(), 9 | 25) {
-            return Isa::Scalar;
-        }
-        match isa {
+        let family = match isa {
             Isa::Avx2 | Isa::AvxVnni => Isa::Avx2,
             Isa::Avx512Vnni => Isa::Avx512Vnni,
             Isa::Neon | Isa::Dotprod | Isa::I8mm => Isa::Neon,
             Isa::Scalar => Isa::Scalar,
+        };
+        let row_kernel = matches!(self.geometry.taps(), 9 | 25);
+        match family {
+            Isa::Avx512Vnni if self.uses_quads(family) || row_kernel => family,
+            Isa::Scalar => family,
+            _ if row_kernel => family,
+            _ => Isa::Scalar,
         }
+    }
+
+    /// Geometries the AVX-512 quad kernel handles: consecutive taps along x, up to 8 wide.
+    fn quad_geometry(g: &Conv2dGeometry) -> bool {
+        cfg!(target_arch = "x86_64") && g.dilation_w == 1 && g.kernel_w <= 8
+    }
+
+    /// Whether `family` runs the AVX-512 quad kernel (see `x86_64_quad`).
+    fn uses_quads(&self, family: Isa) -> bool {
+        family == Isa::Avx512Vnni && Self::quad_geometry(&self.geometry)
     }
 
     /// Run on an NHWC u8 input `[n][h][w][C]`, writing `[n][oh][ow][C]` into `output`.
@@ -193,6 +229,7 @@ impl DwConv {
     /// `threads <= 1` runs on the calling thread (no pool); more splits the `n · oh` output
     /// rows over the current rayon pool. The result is identical for any thread count and
     /// every ISA. Returns the kernel family that ran (see [`DwConv::kernel_isa`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         input: &[u8],
@@ -217,6 +254,10 @@ impl DwConv {
         check_len("depthwise input NHWC", in_len, input.len())?;
         check_len("depthwise output NHWC", n * oh * ow * c, output.len())?;
         let kernel = self.kernel_isa(isa);
+        if self.uses_quads(kernel) {
+            self.run_quads(input, n, h, w, oh, ow, output, threads);
+            return Ok(kernel);
+        }
         let row_len = ow * c;
         let do_row = |row: usize, out: &mut [u8], scratch: &mut Vec<*const u8>| {
             let (b, oy) = (row / oh, row % oh);
@@ -237,6 +278,56 @@ impl DwConv {
                 .for_each_init(Vec::new, |scratch, (row, out)| do_row(row, out, scratch));
         }
         Ok(kernel)
+    }
+
+    /// The AVX-512 quad kernel over bands of output rows (one band per image on one thread;
+    /// about two bands per thread otherwise). Each band computes its rows independently, so
+    /// the split does not change the result.
+    #[allow(clippy::too_many_arguments)]
+    fn run_quads(
+        &self,
+        input: &[u8],
+        n: usize,
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        output: &mut [u8],
+        threads: usize,
+    ) {
+        let c = self.channels;
+        let bands_per_image = if threads <= 1 {
+            1
+        } else {
+            (threads * 2).div_ceil(n).clamp(1, oh)
+        };
+        let rows_per_band = oh.div_ceil(bands_per_image);
+        let mut tasks = Vec::new();
+        for (b, image) in output.chunks_mut(oh * ow * c).enumerate() {
+            for (i, band) in image.chunks_mut(rows_per_band * ow * c).enumerate() {
+                let oy0 = i * rows_per_band;
+                tasks.push((b, oy0, (oy0 + rows_per_band).min(oh), band));
+            }
+        }
+        let run = |(b, oy0, oy1, band): (usize, usize, usize, &mut [u8])| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: only reached when `run` checked the AVX-512 VNNI ISA and `uses_quads`
+            // holds; `input` holds the whole validated tensor, `b < n`, and `band` holds
+            // exactly rows `oy0..oy1` of image `b`.
+            unsafe {
+                x86_64_quad::rows_avx512_quad(self, input, h, w, b, oy0, oy1, ow, band)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!(
+                "quad kernel is x86-64 only ({b}, {oy0}, {oy1}, {})",
+                band.len()
+            )
+        };
+        if threads <= 1 {
+            tasks.into_iter().for_each(run);
+        } else {
+            tasks.into_par_iter().for_each(run);
+        }
     }
 
     /// One output row through a SIMD kernel: build the row's indirection buffer (a pointer per

@@ -142,7 +142,7 @@ unsafe fn row_avx512_t<const T: usize>(
                 // Two chains halve the `vpdpwssd` latency chain.
                 let mut a0 = bias;
                 let mut a1 = _mm512_setzero_si512();
-                for t in 0..T {
+                for (t, w) in wv.iter().enumerate() {
                     let src = (*tp.add(t)).add(cb);
                     let x = if n == 16 {
                         _mm512_cvtepu8_epi32(_mm_loadu_si128(src.cast()))
@@ -150,9 +150,9 @@ unsafe fn row_avx512_t<const T: usize>(
                         _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, src.cast()))
                     };
                     if t % 2 == 0 {
-                        a0 = _mm512_dpwssd_epi32(a0, x, wv[t]);
+                        a0 = _mm512_dpwssd_epi32(a0, x, *w);
                     } else {
-                        a1 = _mm512_dpwssd_epi32(a1, x, wv[t]);
+                        a1 = _mm512_dpwssd_epi32(a1, x, *w);
                     }
                 }
                 let r = requant_avx512(_mm512_add_epi32(a0, a1), mult, zp, lo, hi);

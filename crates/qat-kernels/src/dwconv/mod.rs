@@ -207,7 +207,7 @@ impl DwConv {
         };
         let row_kernel = matches!(self.geometry.taps(), 9 | 25);
         match family {
-            Isa::Avx512Vnni if self.uses_quads(family) || row_kernel => family,
+            Isa::Avx512Vnni if Self::quad_geometry(&self.geometry) || row_kernel => family,
             Isa::Scalar => family,
             _ if row_kernel => family,
             _ => Isa::Scalar,
@@ -219,9 +219,16 @@ impl DwConv {
         cfg!(target_arch = "x86_64") && g.dilation_w == 1 && g.kernel_w <= 8
     }
 
-    /// Whether `family` runs the AVX-512 quad kernel (see `x86_64_quad`).
-    fn uses_quads(&self, family: Isa) -> bool {
-        family == Isa::Avx512Vnni && Self::quad_geometry(&self.geometry)
+    /// Whether `family` runs the AVX-512 quad kernel (see `x86_64_quad`) for output width
+    /// `ow`. Building quad rows costs per input position, so narrow outputs (and strided ones,
+    /// which skip positions) run the indirection kernel when it exists: measured on a Xeon
+    /// (Sapphire Rapids class), quad wins from 14 output columns at stride 1 and from 28 at
+    /// stride 2 and loses below.
+    fn uses_quads(&self, family: Isa, ow: usize) -> bool {
+        let g = &self.geometry;
+        let wide = if g.stride_w == 1 { ow >= 14 } else { ow >= 28 };
+        let row_kernel = matches!(g.taps(), 9 | 25);
+        family == Isa::Avx512Vnni && Self::quad_geometry(g) && (wide || !row_kernel)
     }
 
     /// Run on an NHWC u8 input `[n][h][w][C]`, writing `[n][oh][ow][C]` into `output`.
@@ -254,7 +261,7 @@ impl DwConv {
         check_len("depthwise input NHWC", in_len, input.len())?;
         check_len("depthwise output NHWC", n * oh * ow * c, output.len())?;
         let kernel = self.kernel_isa(isa);
-        if self.uses_quads(kernel) {
+        if self.uses_quads(kernel, ow) {
             self.run_quads(input, n, h, w, oh, ow, output, threads);
             return Ok(kernel);
         }

@@ -4,7 +4,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ObserverError {
     #[error("{observer}: the observed tensor has {count} non-finite values (NaN or Inf); state left unchanged")]
-    NonFinite { observer: &'static str, count: usize },
+    NonFinite {
+        observer: &'static str,
+        count: usize,
+    },
     #[error("{observer}: cannot observe an empty tensor")]
     Empty { observer: &'static str },
     #[error("{observer}: channel axis {axis} out of range for a tensor of rank {rank}")]

@@ -1,0 +1,147 @@
+//! ReLU, ReLU6 and clamp (PyTorch's `hardtanh`) with PyTorch's gradients, as one-pass custom ops.
+//!
+//! candle's `clamp` backward builds comparison masks plus a gradient for the constant bound
+//! (MEASURED.md: ≈ 17% of a MobileNetV2 step) and gives 0.5 at exactly `min` / `max`; its `relu`
+//! gives gradient 1 at 0. PyTorch (`hardtanh_backward`, `threshold_backward`) passes the gradient
+//! only where `min < x < max` (ReLU: where `x > 0`), which is what these ops do.
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::common::{f32_contiguous, slice_f32, PAR_MIN_ELEMS};
+
+/// Chunk size for the parallel element-wise loops.
+const CHUNK: usize = 1 << 14;
+
+/// `out[i] = f(a[i], b[i])`, in parallel chunks when big.
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let body = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = f(a, b);
+        }
+    };
+    if a.len() < PAR_MIN_ELEMS {
+        body((&mut out, (a, b)));
+    } else {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(body);
+    }
+    out
+}
+
+/// `y = clamp(x, min, max)`; `max = +inf` is ReLU (gradient kept for `x = +inf`, as PyTorch).
+#[derive(Clone, Copy)]
+struct Clamp {
+    min: f32,
+    max: f32,
+}
+
+impl Clamp {
+    #[inline(always)]
+    fn passes(&self, x: f32) -> bool {
+        x > self.min && (x < self.max || self.max == f32::INFINITY)
+    }
+}
+
+impl CustomOp1 for Clamp {
+    fn name(&self) -> &'static str {
+        "clamp_pt_grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s, l, self.name(), "input")?;
+        let (lo, hi) = (self.min, self.max);
+        // Comparisons written so that NaN passes through, as in PyTorch.
+        let out = zip_map(x, x, |v, _| {
+            if v < lo {
+                lo
+            } else if v > hi {
+                hi
+            } else {
+                v
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(x.apply_op2_no_bwd(&grad, &ClampGrad(*self))?))
+    }
+}
+
+/// `(x, dy) -> dy` where `min < x < max`, else 0.
+struct ClampGrad(Clamp);
+
+impl CustomOp2 for ClampGrad {
+    fn name(&self) -> &'static str {
+        "clamp_pt_grad_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name(), "input")?;
+        let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
+        if x.len() != dy.len() {
+            bail!(
+                "{}: gradient shape {:?} != input shape {:?}",
+                self.name(),
+                l2.dims(),
+                l1.dims()
+            )
+        }
+        let c = self.0;
+        let out = zip_map(x, dy, |x, g| if c.passes(x) { g } else { 0.0 });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `clamp(x, min, max)` (PyTorch `hardtanh`) with PyTorch's gradient: the output gradient where
+/// `min < x < max`, 0 elsewhere (including exactly at the bounds). Any shape, f32.
+pub fn clamp(x: &Tensor, min: f32, max: f32) -> Result<Tensor> {
+    if min.is_nan() || max.is_nan() || min > max {
+        bail!("clamp: need min <= max, got min {min}, max {max}")
+    }
+    let x = f32_contiguous(x, "clamp", "input")?;
+    x.apply_op1(Clamp { min, max })
+}
+
+/// `min(max(x, 0), 6)` with PyTorch's gradient (0 at exactly 0 and 6). Any shape, f32.
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    clamp(x, 0.0, 6.0)
+}
+
+/// `max(x, 0)` with PyTorch's gradient (0 at exactly 0; candle's `relu` gives 1). Any shape, f32.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    let x = f32_contiguous(x, "relu", "input")?;
+    x.apply_op1(Clamp {
+        min: 0.0,
+        max: f32::INFINITY,
+    })
+}
+
+/// [`clamp`] from plain candle ops (`where_cond` selects `x` strictly inside the bounds, so the
+/// gradient matches PyTorch's). NaN inputs map to `min` here.
+pub fn clamp_slow(x: &Tensor, min: f32, max: f32) -> Result<Tensor> {
+    let lo = Tensor::full(min, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    let hi = Tensor::full(max, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    let inner = x.gt(min as f64)?.where_cond(x, &lo)?;
+    x.ge(max as f64)?.where_cond(&hi, &inner)
+}
+
+/// [`relu6`] from plain candle ops.
+pub fn relu6_slow(x: &Tensor) -> Result<Tensor> {
+    clamp_slow(x, 0.0, 6.0)
+}
+
+/// [`relu`] from plain candle ops.
+pub fn relu_slow(x: &Tensor) -> Result<Tensor> {
+    x.gt(0f64)?.where_cond(x, &x.zeros_like()?)
+}

@@ -1,0 +1,391 @@
+//! Train-mode BatchNorm2d (batch statistics) as a fused forward and a fused backward.
+//!
+//! candle's composition (means, broadcast subtract / divide / multiply / add) makes about ten
+//! full passes forward and more backward; this forward reads `x` three times (mean, variance,
+//! normalize) and the backward twice (two per-channel sums, then `dx`).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::common::{dims4, f32_contiguous, simd_dispatch, slice_f32, sum, PAR_MIN_ELEMS};
+
+/// What [`batch_norm_train`] returns.
+#[derive(Debug, Clone)]
+pub struct BatchNormTrainOutput {
+    /// The normalized, scaled and shifted output, `[N, C, H, W]` (with autograd).
+    pub y: Tensor,
+    /// Batch mean per channel, `[C]` (no autograd: for the running-mean update).
+    pub mean: Tensor,
+    /// Biased batch variance per channel (the one used to normalize), `[C]`, no autograd.
+    pub var: Tensor,
+    /// Unbiased batch variance (`var · M / (M − 1)`, `M = N·H·W`), `[C]`, no autograd: PyTorch
+    /// updates `running_var` with this one.
+    pub var_unbiased: Tensor,
+}
+
+/// Per-channel statistics saved by the forward for the backward.
+#[derive(Debug, Default)]
+struct Stats {
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    var: Vec<f32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c: usize,
+    plane: usize,
+}
+
+impl Dims {
+    fn count(&self) -> usize {
+        self.n * self.plane
+    }
+}
+
+/// Plane `i` (image-major, channel-minor) of an NCHW buffer.
+fn plane_of(v: &[f32], d: Dims, i: usize) -> &[f32] {
+    &v[i * d.plane..(i + 1) * d.plane]
+}
+
+/// Runs `f(c)` for every channel, in parallel when the tensor is big.
+fn per_channel<T: Send>(d: Dims, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    if d.n * d.c * d.plane < PAR_MIN_ELEMS {
+        (0..d.c).map(f).collect()
+    } else {
+        (0..d.c).into_par_iter().map(&f).collect()
+    }
+}
+
+/// Runs `f(plane_index, plane)` over all planes of `out`, in parallel when big.
+fn per_plane(out: &mut [f32], d: Dims, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if d.plane == 0 {
+        return;
+    }
+    if out.len() < PAR_MIN_ELEMS {
+        out.chunks_exact_mut(d.plane)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o));
+    } else {
+        out.par_chunks_exact_mut(d.plane)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o));
+    }
+}
+
+/// `Σ (x − mean)²` over a slice, vectorizable.
+#[inline(always)]
+fn sq_dev_generic<const FMA: bool>(x: &[f32], mean: f32, out: &mut f64) {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for ch in &mut chunks {
+        for i in 0..16 {
+            let d = ch[i] - mean;
+            acc[i] = super::common::madd::<FMA>(d, d, acc[i]);
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    *out = acc.iter().sum::<f32>() as f64 + tail as f64;
+}
+
+simd_dispatch!(fn sq_dev = sq_dev_generic(x: &[f32], mean: f32, out: &mut f64));
+
+/// `Σ dy` and `Σ dy·(x − mean)` over a slice (centred first: no cancellation for large means).
+#[inline(always)]
+fn grad_sums_generic<const FMA: bool>(dy: &[f32], x: &[f32], mean: f32, out: &mut (f64, f64)) {
+    let mut acc = [0f32; 16];
+    let mut cd = dy.chunks_exact(16);
+    let mut cx = x.chunks_exact(16);
+    for (g, v) in (&mut cd).zip(&mut cx) {
+        for i in 0..16 {
+            acc[i] = super::common::madd::<FMA>(g[i], v[i] - mean, acc[i]);
+        }
+    }
+    let tail: f32 = cd
+        .remainder()
+        .iter()
+        .zip(cx.remainder())
+        .map(|(g, v)| g * (v - mean))
+        .sum();
+    *out = (sum(dy) as f64, acc.iter().sum::<f32>() as f64 + tail as f64);
+}
+
+simd_dispatch!(fn grad_sums = grad_sums_generic(dy: &[f32], x: &[f32], mean: f32, out: &mut (f64, f64)));
+
+/// `o = a·x + b` element-wise (normalize-and-affine in one FMA per element).
+#[inline(always)]
+fn affine_generic<const FMA: bool>(o: &mut [f32], x: &[f32], a: f32, b: f32) {
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o = super::common::madd::<FMA>(a, x, b);
+    }
+}
+
+simd_dispatch!(fn affine = affine_generic(o: &mut [f32], x: &[f32], a: f32, b: f32));
+
+/// `dx = k·dy + m·x + q` element-wise.
+#[inline(always)]
+fn dx_generic<const FMA: bool>(o: &mut [f32], dy: &[f32], x: &[f32], k: f32, m: f32, q: f32) {
+    for ((o, &g), &x) in o.iter_mut().zip(dy).zip(x) {
+        *o = super::common::madd::<FMA>(k, g, super::common::madd::<FMA>(m, x, q));
+    }
+}
+
+simd_dispatch!(fn dx_kernel = dx_generic(o: &mut [f32], dy: &[f32], x: &[f32], k: f32, m: f32, q: f32));
+
+/// `(x [N,C,H,W], gamma [C], beta [C]) -> y`, saving the statistics in `stats`.
+struct BnForward {
+    d: Dims,
+    eps: f64,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl CustomOp3 for BnForward {
+    fn name(&self) -> &'static str {
+        "batch_norm_train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name(), "input")?;
+        let gamma = slice_f32(s2, l2, self.name(), "weight")?;
+        let beta = slice_f32(s3, l3, self.name(), "bias")?;
+        let d = self.d;
+        let m = d.count() as f64;
+        let plane = |i: usize| &x[i * d.plane..(i + 1) * d.plane];
+        let stats: Vec<(f32, f32)> = per_channel(d, |c| {
+            let total: f64 = (0..d.n).map(|n| sum(plane(n * d.c + c)) as f64).sum();
+            let mean = (total / m) as f32;
+            let mut var = 0f64;
+            for n in 0..d.n {
+                let mut s = 0f64;
+                sq_dev(plane(n * d.c + c), mean, &mut s);
+                var += s;
+            }
+            (mean, (var / m) as f32)
+        });
+        let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
+        let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
+        let invstd: Vec<f32> = var
+            .iter()
+            .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
+            .collect();
+        let mut y = vec![0f32; x.len()];
+        per_plane(&mut y, d, |i, o| {
+            let c = i % d.c;
+            let a = gamma[c] * invstd[c];
+            affine(o, plane(i), a, beta[c] - a * mean[c]);
+        });
+        *self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Stats { mean, invstd, var };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let packed = x.apply_op3_no_bwd(
+            &grad,
+            gamma,
+            &BnBackward {
+                d: self.d,
+                stats: self.stats.clone(),
+            },
+        )?;
+        let len = x.elem_count();
+        let c = self.d.c;
+        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
+        let dgamma = packed.narrow(0, len, c)?;
+        let dbeta = packed.narrow(0, len + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// `(x, dy, gamma) -> [dx (N·C·H·W) | dgamma (C) | dbeta (C)]`, flat.
+struct BnBackward {
+    d: Dims,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl CustomOp3 for BnBackward {
+    fn name(&self) -> &'static str {
+        "batch_norm_train_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name(), "input")?;
+        let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
+        let gamma = slice_f32(s3, l3, self.name(), "weight")?;
+        let st = self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let d = self.d;
+        if st.mean.len() != d.c || dy.len() != x.len() {
+            bail!(
+                "{}: statistics or gradient do not match the input",
+                self.name()
+            )
+        }
+        let m = d.count() as f64;
+        // Per channel: Σdy and Σdy·(x − mean).
+        let sums: Vec<(f64, f64)> = per_channel(d, |c| {
+            let (mut sdy, mut sdyxc) = (0f64, 0f64);
+            for n in 0..d.n {
+                let mut s = (0f64, 0f64);
+                grad_sums(
+                    plane_of(dy, d, n * d.c + c),
+                    plane_of(x, d, n * d.c + c),
+                    st.mean[c],
+                    &mut s,
+                );
+                sdy += s.0;
+                sdyxc += s.1;
+            }
+            (sdy, sdyxc)
+        });
+        let mut out = vec![0f32; x.len() + 2 * d.c];
+        let (dx, tail) = out.split_at_mut(x.len());
+        // dx = γ·σ⁻¹·(dy − Σdy/M − x̂·Σdy·x̂/M), with x̂ = (x − μ)·σ⁻¹, expanded to k·dy + m·x + q.
+        per_plane(dx, d, |i, o| {
+            let c = i % d.c;
+            let (sdy, sdyxc) = sums[c];
+            let inv = st.invstd[c] as f64;
+            let k = gamma[c] as f64 * inv;
+            let mx = -k * sdyxc * inv * inv / m;
+            let q = -k * sdy / m - mx * st.mean[c] as f64;
+            dx_kernel(
+                o,
+                plane_of(dy, d, i),
+                plane_of(x, d, i),
+                k as f32,
+                mx as f32,
+                q as f32,
+            );
+        });
+        for (c, &(sdy, sdyxc)) in sums.iter().enumerate() {
+            tail[c] = (sdyxc * st.invstd[c] as f64) as f32;
+            tail[d.c + c] = sdy as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * d.c)))
+    }
+}
+
+fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor, op: &str) -> Result<Dims> {
+    let (n, c, h, w) = dims4(x, op, "input")?;
+    for (t, what) in [(gamma, "weight"), (beta, "bias")] {
+        if t.dims() != [c] {
+            bail!("{op}: {what} must have shape [{c}], got {:?}", t.dims())
+        }
+    }
+    if n * h * w < 2 {
+        bail!(
+            "{op}: expected more than 1 value per channel when training, got input {:?}",
+            x.dims()
+        )
+    }
+    Ok(Dims { n, c, plane: h * w })
+}
+
+/// Train-mode BatchNorm2d on NCHW `x` with batch statistics, as PyTorch's `F.batch_norm(...,
+/// training=True)`: `y = (x − mean) / sqrt(var + eps) · weight + bias` with the biased batch
+/// variance. `weight` / `bias` are `[C]` (pass ones / zeros for a non-affine BN). Gradients flow
+/// to `x`, `weight` and `bias`; the returned statistics carry none. Update running stats with
+/// `running = (1 − momentum)·running + momentum·batch`, using `var_unbiased` for the variance.
+///
+/// Errors on wrong ranks / shapes, non-f32 inputs, and a single value per channel.
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "batch_norm_train";
+    let d = check(x, weight, bias, OP)?;
+    if eps.is_nan() || eps < 0.0 {
+        bail!("{OP}: eps must be >= 0, got {eps}")
+    }
+    let x = f32_contiguous(x, OP, "input")?;
+    let weight = f32_contiguous(weight, OP, "weight")?;
+    let bias = f32_contiguous(bias, OP, "bias")?;
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let y = x.apply_op3(
+        &weight,
+        &bias,
+        BnForward {
+            d,
+            eps,
+            stats: stats.clone(),
+        },
+    )?;
+    let st = stats
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+    let m = d.count() as f32;
+    let unbiased: Vec<f32> = st.var.iter().map(|v| v * m / (m - 1.0)).collect();
+    Ok(BatchNormTrainOutput {
+        y,
+        mean: Tensor::from_slice(&st.mean, d.c, &Device::Cpu)?,
+        var: Tensor::from_slice(&st.var, d.c, &Device::Cpu)?,
+        var_unbiased: Tensor::from_vec(unbiased, d.c, &Device::Cpu)?,
+    })
+}
+
+/// [`batch_norm_train`] as a composition of candle ops (the reference for tests and benches).
+pub fn batch_norm_train_slow(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<BatchNormTrainOutput> {
+    let d = check(x, weight, bias, "batch_norm_train_slow")?;
+    let c = d.c;
+    let mean = x.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc
+        .sqr()?
+        .mean_keepdim(3)?
+        .mean_keepdim(2)?
+        .mean_keepdim(0)?;
+    let y = xc
+        .broadcast_div(&(&var + eps)?.sqrt()?)?
+        .broadcast_mul(&weight.reshape((1, c, 1, 1))?)?
+        .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
+    let m = d.count() as f64;
+    let var = var.flatten_all()?.detach();
+    Ok(BatchNormTrainOutput {
+        y,
+        mean: mean.flatten_all()?.detach(),
+        var_unbiased: (&var * (m / (m - 1.0)))?,
+        var,
+    })
+}

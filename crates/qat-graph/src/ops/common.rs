@@ -1,0 +1,159 @@
+//! Shared plumbing for the training ops: input checks, storage access, SIMD dispatch and the
+//! two vector primitives (`axpy`, `dot`) every kernel is built from.
+
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
+
+/// Below this many output elements a kernel runs on the calling thread: rayon's fork/join costs
+/// more than the work.
+pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// Checks that `t` is f32 and returns it contiguous (a no-op when it already is; the copy is
+/// recorded by autograd, so non-contiguous inputs get correct gradients).
+pub(crate) fn f32_contiguous(t: &Tensor, op: &str, what: &str) -> Result<Tensor> {
+    if t.dtype() != DType::F32 {
+        bail!("{op}: {what} must be f32, got {:?}", t.dtype())
+    }
+    if !t.device().is_cpu() {
+        bail!(
+            "{op}: {what} must be on the CPU, got {:?}",
+            t.device().location()
+        )
+    }
+    t.contiguous()
+}
+
+/// The four dims of an NCHW tensor, or an error naming the tensor.
+pub(crate) fn dims4(t: &Tensor, op: &str, what: &str) -> Result<(usize, usize, usize, usize)> {
+    match t.dims() {
+        &[a, b, c, d] => Ok((a, b, c, d)),
+        d => bail!("{op}: {what} must have rank 4, got shape {d:?}"),
+    }
+}
+
+/// The f32 data of a contiguous storage, or an error (custom ops receive whatever layout the
+/// caller built, so this is re-checked inside `cpu_fwd`).
+pub(crate) fn slice_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        other => bail!("{op}: {what} must be f32, got {:?}", other.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: {what} must be contiguous"),
+    }
+}
+
+/// Which vector extension the kernels were dispatched to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Simd {
+    Avx512,
+    Avx2,
+    Base,
+}
+
+/// The best extension this CPU has, detected once at runtime.
+pub(crate) fn simd() -> Simd {
+    static LEVEL: OnceLock<Simd> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return Simd::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Base
+    })
+}
+
+/// Defines `$name(args)` that runs the `#[inline(always)]` generic kernel `$generic::<FMA>` in a
+/// function compiled for the best available extension, so LLVM vectorizes the same loops to
+/// AVX-512 or AVX2 with FMA, or to baseline SSE2 (without FMA, where `mul_add` is a libm call).
+macro_rules! simd_dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident = $generic:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,fma")]
+                fn avx512($($arg: $ty),*) {
+                    $generic::<true>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    $generic::<true>($($arg),*)
+                }
+                match $crate::ops::common::simd() {
+                    // SAFETY: `simd()` detected avx512f and fma on this CPU at runtime.
+                    $crate::ops::common::Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: `simd()` detected avx2 and fma on this CPU at runtime.
+                    $crate::ops::common::Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::ops::common::Simd::Base => {}
+                }
+            }
+            $generic::<false>($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_dispatch;
+
+/// `a * b + c`, fused when the caller was compiled with FMA.
+#[inline(always)]
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `y += a * x` over equal-length slices.
+#[inline(always)]
+pub(crate) fn axpy<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv = madd::<FMA>(a, xv, *yv);
+    }
+}
+
+/// Dot product with 16 independent accumulators, so LLVM vectorizes it without reassociating.
+#[inline(always)]
+pub(crate) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..16 {
+            acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
+        }
+    }
+    let mut tail = 0f32;
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail = madd::<FMA>(x, y, tail);
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Sum with 16 independent accumulators (vectorizable, and more accurate than a serial sum).
+#[inline(always)]
+pub(crate) fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = a.chunks_exact(16);
+    for x in &mut chunks {
+        for i in 0..16 {
+            acc[i] += x[i];
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}

@@ -1,0 +1,25 @@
+//! Fast CPU training ops that candle 0.11 lacks or runs slowly, usable inside candle autograd.
+//!
+//! Every op is a candle custom op with a fused CPU forward and a backward that is itself a fused
+//! custom op, and comes with a `*_slow` twin built from plain candle ops that the tests compare
+//! against. All tensors are f32 on the CPU; image tensors are NCHW (`[N, C, H, W]`, as candle's
+//! `conv2d` and PyTorch take them), conv weights are PyTorch's `[O, I/groups, KH, KW]`.
+//! Inputs with any strides are accepted (they are made contiguous, under autograd); bad shapes,
+//! dtypes or devices return an `Err` naming the problem.
+//!
+//! Kernels are plain loops compiled three times (AVX-512+FMA, AVX2+FMA, baseline) and picked at
+//! runtime; big tensors are split over rayon's pool by (image, channel) plane.
+
+mod common;
+
+mod activation;
+mod batch_norm;
+mod bias;
+mod depthwise;
+mod pointwise;
+
+pub use activation::{clamp, clamp_slow, relu, relu6, relu6_slow, relu_slow};
+pub use batch_norm::{batch_norm_train, batch_norm_train_slow, BatchNormTrainOutput};
+pub use bias::{bias_add_nchw, bias_add_nchw_slow};
+pub use depthwise::{depthwise_conv2d, depthwise_conv2d_dilated, depthwise_conv2d_slow};
+pub use pointwise::{conv1x1, conv1x1_slow};

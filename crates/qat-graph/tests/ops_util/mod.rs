@@ -1,0 +1,103 @@
+//! Shared helpers for the `ops_*` tests: seeded random tensors, closeness checks, and a
+//! finite-difference gradient check against an f64 reference forward.
+#![allow(dead_code)]
+
+use candle_core::{Device, Result, Tensor, Var};
+use rand::{Rng, SeedableRng};
+
+/// Seeded standard-normal-ish values (sum of uniforms; exact distribution does not matter).
+pub fn randn(seed: u64, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(rand_vec(seed, shape.iter().product()), shape, &Device::Cpu)
+}
+
+pub fn rand_vec(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| (0..4).map(|_| rng.gen::<f32>()).sum::<f32>() - 2.0)
+        .collect()
+}
+
+pub fn to_vec(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Asserts `|a - b| <= tol * max(1, max|b|)` element-wise, with the shapes equal.
+pub fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
+    let (a, b) = (to_vec(a), to_vec(b));
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{what}: element {i}: {x} vs {y} (tol {tol} x scale {scale})"
+        );
+    }
+}
+
+/// Variables for each input, the loss `sum(f(inputs) * r)` for a fixed random `r`, and the
+/// gradient of every input.
+pub fn grads_of(
+    inputs: &[Tensor],
+    seed: u64,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts)?;
+    let r = randn(seed, y.dims())?;
+    let loss = (&y * &r)?.sum_all()?;
+    let store = loss.backward()?;
+    let grads = ts
+        .iter()
+        .map(|t| {
+            store
+                .get(t)
+                .cloned()
+                .unwrap_or_else(|| t.zeros_like().unwrap())
+        })
+        .collect();
+    Ok((y, grads))
+}
+
+/// Central finite differences of `sum(reference(inputs) * r)` in f64, compared with `grads`
+/// (which came from [`grads_of`] with the same `seed`): `|g - fd| <= tol * max(1, max|fd|)`.
+pub fn check_fd(
+    inputs: &[Tensor],
+    grads: &[Tensor],
+    out_len: usize,
+    seed: u64,
+    tol: f64,
+    reference: impl Fn(&[Vec<f64>]) -> Vec<f64>,
+) {
+    let r: Vec<f64> = rand_vec(seed, out_len).iter().map(|&v| v as f64).collect();
+    let mut xs: Vec<Vec<f64>> = inputs
+        .iter()
+        .map(|t| to_vec(t).iter().map(|&v| v as f64).collect())
+        .collect();
+    let loss = |xs: &[Vec<f64>]| -> f64 {
+        let y = reference(xs);
+        assert_eq!(y.len(), out_len, "reference output length");
+        y.iter().zip(&r).map(|(a, b)| a * b).sum()
+    };
+    let h = 1e-6;
+    for (k, g) in grads.iter().enumerate() {
+        let g = to_vec(g);
+        let mut fd = vec![0f64; xs[k].len()];
+        for (i, fdi) in fd.iter_mut().enumerate() {
+            let orig = xs[k][i];
+            xs[k][i] = orig + h;
+            let lp = loss(&xs);
+            xs[k][i] = orig - h;
+            let lm = loss(&xs);
+            xs[k][i] = orig;
+            *fdi = (lp - lm) / (2.0 * h);
+        }
+        let scale = fd.iter().fold(1f64, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in g.iter().zip(&fd).enumerate() {
+            assert!(
+                (*a as f64 - b).abs() <= tol * scale,
+                "input {k} element {i}: autograd {a} vs finite difference {b}"
+            );
+        }
+    }
+}

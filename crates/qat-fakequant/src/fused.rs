@@ -1,0 +1,345 @@
+//! `FusedMovingAvgObsFakeQuantize`: the moving-average min / max observer and fake
+//! quantization in one module (PyTorch's fused variant for the default QAT qconfig).
+
+use std::sync::{Mutex, MutexGuard};
+
+use candle_core::{bail, DType, Device, Error, Module, Result, Tensor};
+use qat_core::{choose_qparams, choose_qparams_per_channel, QDType, QScheme, TensorQParams};
+use qat_observer::ObserverConfig;
+
+use crate::check::split_at_axis;
+use crate::fake_quant::fake_quantize_values;
+use crate::kernels::{self, Isa};
+use crate::op::f32_slice;
+use crate::state::{self, State, OBSERVER_PREFIX};
+
+const NAME: &str = "FusedMovingAvgObsFakeQuantize";
+
+#[derive(Debug)]
+struct Inner {
+    /// Per-tensor: one value, `(+inf, -inf)` until observed. Per-channel: empty until observed.
+    min: Vec<f32>,
+    max: Vec<f32>,
+    scale: Vec<f32>,
+    zero_point: Vec<i32>,
+    observer_enabled: bool,
+    fake_quant_enabled: bool,
+}
+
+/// A moving-average min / max observer fused with fake quantization, per-tensor or
+/// per-channel: one pass over the batch finds its min / max (and counts NaN / Inf), the
+/// running range moves by `averaging_constant` towards it (the first batch sets it), the
+/// qparams come from `qat_core::choose_qparams`, then the fake-quant pass runs.
+///
+/// Results and state names equal [`crate::FakeQuantize`] around a
+/// `MovingAverageMinMaxObserver` / `MovingAveragePerChannelMinMaxObserver` with the same
+/// config (the tests check it); the flags are i64, as PyTorch's fused module stores them.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use qat_fakequant::FusedMovingAvgObsFakeQuantize;
+/// use qat_observer::ObserverConfig;
+/// let fq = FusedMovingAvgObsFakeQuantize::new(ObserverConfig::default(), 0.01).unwrap();
+/// let x = Tensor::new(&[-1.0f32, 0.0, 3.0], &Device::Cpu).unwrap();
+/// let _y = fq.forward(&x).unwrap();
+/// assert_eq!(fq.qparams().unwrap().zero_point, vec![64]);
+/// let bad = Tensor::new(&[f32::NAN, 1.0], &Device::Cpu).unwrap();
+/// assert!(fq.forward(&bad).is_err()); // and the state is untouched
+/// assert_eq!(fq.qparams().unwrap().zero_point, vec![64]);
+/// ```
+#[derive(Debug)]
+pub struct FusedMovingAvgObsFakeQuantize {
+    inner: Mutex<Inner>,
+    config: ObserverConfig,
+    averaging_constant: f32,
+}
+
+impl FusedMovingAvgObsFakeQuantize {
+    /// A fresh module; `averaging_constant` in `(0, 1]` (PyTorch's default 0.01), `eps`
+    /// finite and > 0.
+    pub fn new(config: ObserverConfig, averaging_constant: f32) -> Result<Self> {
+        if !(averaging_constant > 0.0 && averaging_constant <= 1.0) {
+            bail!("{NAME}: averaging_constant must be in (0, 1], got {averaging_constant}")
+        }
+        if !(config.eps.is_finite() && config.eps > 0.0) {
+            bail!("{NAME}: eps must be finite and > 0, got {}", config.eps)
+        }
+        let per_tensor = !config.scheme.is_per_channel();
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                min: if per_tensor {
+                    vec![f32::INFINITY]
+                } else {
+                    vec![]
+                },
+                max: if per_tensor {
+                    vec![f32::NEG_INFINITY]
+                } else {
+                    vec![]
+                },
+                scale: vec![1.0],
+                zero_point: vec![0],
+                observer_enabled: true,
+                fake_quant_enabled: true,
+            }),
+            config,
+            averaging_constant,
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::Msg(format!("{NAME}: state poisoned by a panic")))
+    }
+
+    /// Switch the observer on or off (off: the range and qparams stay as they are).
+    pub fn enable_observer(&self, on: bool) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.observer_enabled = on;
+        }
+    }
+
+    /// Switch fake quantization on or off (off: `forward` is the identity).
+    pub fn enable_fake_quant(&self, on: bool) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.fake_quant_enabled = on;
+        }
+    }
+
+    /// Whether the observer is on.
+    pub fn observer_enabled(&self) -> bool {
+        self.inner
+            .lock()
+            .map(|g| g.observer_enabled)
+            .unwrap_or(false)
+    }
+
+    /// Whether fake quantization is on.
+    pub fn fake_quant_enabled(&self) -> bool {
+        self.inner
+            .lock()
+            .map(|g| g.fake_quant_enabled)
+            .unwrap_or(false)
+    }
+
+    /// The quantized range.
+    pub fn dtype(&self) -> QDType {
+        self.config.dtype
+    }
+
+    /// The scheme (and channel axis).
+    pub fn scheme(&self) -> QScheme {
+        self.config.scheme
+    }
+
+    /// The running `(min, max)` per channel (one pair per-tensor).
+    pub fn min_max(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let g = self.lock()?;
+        Ok((g.min.clone(), g.max.clone()))
+    }
+
+    /// The qparams `forward` fake-quantizes with now.
+    pub fn qparams(&self) -> Result<TensorQParams> {
+        let g = self.lock()?;
+        Ok(TensorQParams {
+            dtype: self.config.dtype,
+            scheme: self.config.scheme,
+            scale: g.scale.clone(),
+            zero_point: g.zero_point.clone(),
+        })
+    }
+
+    /// Batch `(min, max)` per channel, refusing NaN / Inf, an empty tensor or a bad axis.
+    fn batch_range(&self, x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+        if x.elem_count() == 0 {
+            bail!("{NAME}: cannot observe an empty tensor")
+        }
+        let (c, inner) = match self.config.scheme.axis() {
+            None => (1, x.elem_count()),
+            Some(axis) => {
+                if axis >= x.rank() {
+                    bail!(
+                        "{NAME}: channel axis {axis} out of range for a tensor of rank {}",
+                        x.rank()
+                    )
+                }
+                let (_, c, inner) = split_at_axis(x.dims(), axis);
+                (c, inner)
+            }
+        };
+        let xc = x
+            .detach()
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        let (mut min, mut max) = (vec![f32::INFINITY; c], vec![f32::NEG_INFINITY; c]);
+        let (storage, layout) = xc.storage_and_layout();
+        let candle_core::Storage::Cpu(s) = &*storage else {
+            bail!("{NAME}: statistics need a CPU copy of the input")
+        };
+        let data = f32_slice(NAME, s, layout)?;
+        let bad = kernels::min_max_blocks(Isa::detect(), data, inner, &mut min, &mut max);
+        if bad > 0 {
+            bail!("{NAME}: the observed tensor has {bad} non-finite values (NaN or Inf); state left unchanged")
+        }
+        Ok((min, max))
+    }
+
+    /// Observe (if enabled), update the qparams, fake-quantize (if enabled). Errors leave
+    /// the state unchanged.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut g = self.lock()?;
+        if g.observer_enabled {
+            let (bmin, bmax) = self.batch_range(x)?;
+            let observed = match self.config.scheme.axis() {
+                None => !(g.min[0] == f32::INFINITY && g.max[0] == f32::NEG_INFINITY),
+                Some(_) => !g.min.is_empty(),
+            };
+            let (min, max) = if !observed {
+                (bmin, bmax)
+            } else {
+                if g.min.len() != bmin.len() {
+                    bail!(
+                        "{NAME}: channel count changed: observed {} channels before, got {}",
+                        g.min.len(),
+                        bmin.len()
+                    )
+                }
+                let c = self.averaging_constant;
+                let avg = |run: &[f32], cur: &[f32]| -> Vec<f32> {
+                    run.iter()
+                        .zip(cur)
+                        .map(|(&m, &v)| m + c * (v - m))
+                        .collect()
+                };
+                (avg(&g.min, &bmin), avg(&g.max, &bmax))
+            };
+            let q = self.choose(&min, &max)?;
+            g.min = min;
+            g.max = max;
+            g.scale = q.scale;
+            g.zero_point = q.zero_point;
+        }
+        if !g.fake_quant_enabled {
+            return Ok(x.clone());
+        }
+        let (lo, hi) = self.config.dtype.range();
+        let axis = self.config.scheme.axis();
+        fake_quantize_values(NAME, x, &g.scale, &g.zero_point, axis, lo, hi)
+    }
+
+    fn choose(&self, min: &[f32], max: &[f32]) -> Result<TensorQParams> {
+        let cfg = &self.config;
+        let q = if cfg.scheme.is_per_channel() {
+            choose_qparams_per_channel(min, max, cfg.dtype, cfg.scheme, cfg.eps)
+        } else {
+            choose_qparams(
+                min[0],
+                max[0],
+                cfg.dtype,
+                cfg.scheme.is_symmetric(),
+                cfg.eps,
+            )
+            .map(|q| TensorQParams::per_tensor(cfg.dtype, cfg.scheme, q))
+        };
+        q.map_err(|e| Error::Msg(format!("{NAME}: {e}")))
+    }
+
+    /// The state as named tensors, with the names of `FakeQuantize` around a moving-average
+    /// observer (`activation_post_process.min_val` / `max_val`: 0-dim per-tensor, 1-D
+    /// per-channel).
+    pub fn state(&self) -> Result<State> {
+        let g = self.lock()?;
+        let mut st = State::new();
+        state::qparams_tensors(&mut st, &g.scale, &g.zero_point)?;
+        st.insert(
+            "fake_quant_enabled".into(),
+            state::flag(g.fake_quant_enabled, DType::I64)?,
+        );
+        st.insert(
+            "observer_enabled".into(),
+            state::flag(g.observer_enabled, DType::I64)?,
+        );
+        let dev = Device::Cpu;
+        let (min, max) = if self.config.scheme.is_per_channel() {
+            (
+                Tensor::from_slice(&g.min, g.min.len(), &dev)?,
+                Tensor::from_slice(&g.max, g.max.len(), &dev)?,
+            )
+        } else {
+            (Tensor::new(g.min[0], &dev)?, Tensor::new(g.max[0], &dev)?)
+        };
+        st.insert(format!("{OBSERVER_PREFIX}min_val"), min);
+        st.insert(format!("{OBSERVER_PREFIX}max_val"), max);
+        Ok(st)
+    }
+
+    /// Restore a state from [`FusedMovingAvgObsFakeQuantize::state`] (or from a
+    /// `FakeQuantize` with a moving-average observer, or PyTorch). Checked before anything
+    /// changes.
+    pub fn load_state(&self, st: &State) -> Result<()> {
+        let own = [
+            "scale",
+            "zero_point",
+            "fake_quant_enabled",
+            "observer_enabled",
+        ];
+        let (lo, hi) = self.config.dtype.range();
+        let (scale, zero_point) = state::read_qparams(NAME, st, lo, hi)?;
+        let fq_on = state::read_flag(NAME, st, "fake_quant_enabled")?;
+        let obs_on = state::read_flag(NAME, st, "observer_enabled")?;
+        let obs = state::split_observer(NAME, st, &own)?;
+        let read = |name: &str| -> Result<Vec<f32>> {
+            let t = state::get(NAME, &obs, name).map_err(|_| {
+                Error::Msg(format!(
+                    "{NAME}: state is missing `{OBSERVER_PREFIX}{name}`"
+                ))
+            })?;
+            t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+        };
+        let (min, max) = (read("min_val")?, read("max_val")?);
+        // PyTorch's per-tensor observer also stores `eps`; it is ours by config, so it is
+        // accepted and ignored. Anything else is a mistake.
+        if let Some(k) = obs
+            .keys()
+            .find(|k| !["min_val", "max_val", "eps"].contains(&k.as_str()))
+        {
+            bail!("{NAME}: unexpected state entry `{OBSERVER_PREFIX}{k}`")
+        }
+        let per_channel = self.config.scheme.is_per_channel();
+        if min.len() != max.len() || (!per_channel && min.len() != 1) {
+            bail!(
+                "{NAME}: state min_val / max_val have {} / {} values",
+                min.len(),
+                max.len()
+            )
+        }
+        if !per_channel && scale.len() != 1 {
+            bail!(
+                "{NAME}: a per-tensor module needs one scale, the state has {}",
+                scale.len()
+            )
+        }
+        for (&a, &b) in min.iter().zip(&max) {
+            let unobserved = a == f32::INFINITY && b == f32::NEG_INFINITY;
+            if !(unobserved || (a.is_finite() && b.is_finite() && a <= b)) {
+                bail!("{NAME}: state holds an invalid range min_val={a}, max_val={b}")
+            }
+        }
+        let mut g = self.lock()?;
+        g.min = min;
+        g.max = max;
+        g.scale = scale;
+        g.zero_point = zero_point;
+        g.fake_quant_enabled = fq_on;
+        g.observer_enabled = obs_on;
+        Ok(())
+    }
+}
+
+impl Module for FusedMovingAvgObsFakeQuantize {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        FusedMovingAvgObsFakeQuantize::forward(self, xs)
+    }
+}

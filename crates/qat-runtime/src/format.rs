@@ -35,6 +35,25 @@
 //! Loading re-builds the model through [`crate::ModelBuilder`], so a file is held to exactly
 //! the checks a freshly built model is; in addition every tensor must have the expected dtype
 //! and shape and no tensor may be left unused. Any failure is an `Err`, never a panic.
+//!
+//! ```
+//! use qat_core::QParams;
+//! use qat_runtime::{ModelBuilder, ModelOptions, QuantizedModel, Shape};
+//! let q = QParams { scale: 0.1, zero_point: 3 };
+//! let mut b = ModelBuilder::new();
+//! b.input("x", Shape::new(2, 2, 2), q).unwrap();
+//! b.global_avg_pool("pool", "x", None).unwrap();
+//! let model = b.build("pool").unwrap();
+//! let path = std::env::temp_dir().join(format!("qat-doc-{}.safetensors", std::process::id()));
+//! model.save(&path).unwrap();                       // atomic: temp file + rename
+//! let loaded = QuantizedModel::load(&path).unwrap(); // validated, packed for this CPU
+//! let x = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8];
+//! assert_eq!(loaded.run(&x, 1).unwrap(), model.run(&x, 1).unwrap());
+//! # std::fs::remove_file(&path).unwrap();
+//! // A damaged file is an error, not a panic.
+//! let bytes = model.to_bytes().unwrap();
+//! assert!(QuantizedModel::from_bytes(&bytes[..bytes.len() - 1], ModelOptions::default()).is_err());
+//! ```
 
 use crate::builder::check_qparams;
 use crate::model::ModelOptions;

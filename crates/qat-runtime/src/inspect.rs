@@ -100,9 +100,13 @@ impl QuantizedModel {
         }
         let (shape, t) = self.output_shape();
         let _ = writeln!(s, "output `{}` {} {}", self.output_name(), shape, ty(t));
+        let file = self.to_bytes().map_or_else(
+            |e| format!("unavailable ({e})"),
+            |b| format!("{} bytes", b.len()),
+        );
         let _ = writeln!(
             s,
-            "parameters: {total} bytes ({:.1} KiB); buffers pooled now: {} bytes",
+            "parameters: {total} bytes ({:.1} KiB); file size: {file}; buffers pooled now: {} bytes",
             total as f64 / 1024.0,
             self.arena_bytes()
         );

@@ -302,6 +302,8 @@ fn inspect_lists_ops_shapes_qparams_and_sizes() {
     }
     let params: usize = m.ops().iter().map(|n| n.op.param_bytes()).sum();
     assert!(text.contains(&format!("parameters: {params} bytes")));
+    let size = m.to_bytes().unwrap().len();
+    assert!(text.contains(&format!("file size: {size} bytes")), "{text}");
     // conv1: 8·3·9 weights + 8 scales + 8 biases.
     assert_eq!(m.ops()[0].op.param_bytes(), 216 + 32 + 32);
 }

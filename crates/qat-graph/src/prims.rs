@@ -1,0 +1,107 @@
+//! The tensor primitives the executor uses, on two interchangeable paths: candle's own ops
+//! ([`OpsPath::Candle`], the reference) and this crate's fast CPU training ops
+//! ([`OpsPath::Fast`], `crate::ops`). Tests run both and compare.
+
+use candle_core::{Result, Tensor};
+
+use crate::ir::Conv2dCfg;
+
+/// Which implementation of the hot primitives the executor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpsPath {
+    /// Plain candle ops (slow depthwise conv, slow backward; the reference).
+    Candle,
+    /// `crate::ops` custom ops on the CPU where one exists for the case (depthwise conv, 1×1
+    /// conv as a GEMM, bias add, ReLU / ReLU6, train-mode BatchNorm2d), candle otherwise.
+    #[default]
+    Fast,
+}
+
+/// A 2-D convolution with optional bias.
+pub(crate) fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    c: &Conv2dCfg,
+    path: OpsPath,
+) -> Result<Tensor> {
+    let fast = path == OpsPath::Fast && x.device().is_cpu();
+    if fast && c.is_depthwise() {
+        return crate::ops::depthwise_conv2d_dilated(x, w, b, c.stride, c.padding, c.dilation);
+    }
+    if fast && c.kernel == [1, 1] && c.groups == 1 && c.padding == 0 {
+        return crate::ops::conv1x1(x, w, b, c.stride);
+    }
+    let y = x.conv2d(w, c.padding, c.stride, c.dilation, c.groups)?;
+    match b {
+        Some(b) if fast => crate::ops::bias_add_nchw(&y, b),
+        Some(b) => y.broadcast_add(&b.reshape((1, c.out_channels, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// `max(x, 0)`.
+pub(crate) fn relu(x: &Tensor, path: OpsPath) -> Result<Tensor> {
+    if path == OpsPath::Fast && x.device().is_cpu() {
+        // Gradient 0 at x = 0 like PyTorch (candle's relu gives 1 there).
+        return crate::ops::relu(x);
+    }
+    x.relu()
+}
+
+/// `min(max(x, 0), 6)`.
+pub(crate) fn relu6(x: &Tensor, path: OpsPath) -> Result<Tensor> {
+    if path == OpsPath::Fast && x.device().is_cpu() {
+        return crate::ops::relu6(x);
+    }
+    x.clamp(0f32, 6f32)
+}
+
+/// `x * relu6(x + 3) / 6`.
+pub(crate) fn hardswish(x: &Tensor) -> Result<Tensor> {
+    let gate = ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?;
+    x * gate
+}
+
+/// Per-channel `x * scale + shift` where channels are axis 1 of a rank-2 or rank-4 tensor.
+pub(crate) fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    let shape = channel_shape(x)?;
+    x.broadcast_mul(&scale.reshape(shape.as_slice())?)?
+        .broadcast_add(&shift.reshape(shape.as_slice())?)
+}
+
+/// BatchNorm with batch statistics: returns `(y, batch_mean, biased_batch_var)` with the
+/// statistics as `[C]` tensors. Channels are axis 1 of a rank-2 or rank-4 input.
+pub(crate) fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    path: OpsPath,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if path == OpsPath::Fast && x.device().is_cpu() && x.rank() == 4 {
+        let o = crate::ops::batch_norm_train(x, gamma, beta, eps)?;
+        return Ok((o.y, o.mean, o.var));
+    }
+    let c = x.dim(1)?;
+    let reduce: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
+    let mean = x.mean_keepdim(reduce.as_slice())?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(reduce.as_slice())?;
+    let inv_std = (var.clone() + eps)?.sqrt()?.recip()?;
+    let shape = channel_shape(x)?;
+    let scale = inv_std.broadcast_mul(&gamma.reshape(shape.as_slice())?)?;
+    let y = xc
+        .broadcast_mul(&scale)?
+        .broadcast_add(&beta.reshape(shape.as_slice())?)?;
+    Ok((y, mean.reshape(c)?, var.reshape(c)?))
+}
+
+fn channel_shape(x: &Tensor) -> Result<Vec<usize>> {
+    let c = x.dim(1)?;
+    Ok(match x.rank() {
+        2 => vec![1, c],
+        4 => vec![1, c, 1, 1],
+        r => candle_core::bail!("per-channel op on a rank-{r} tensor (expected 2 or 4)"),
+    })
+}

@@ -271,7 +271,7 @@ fn pools_hardswish_concat_add_match_reference() {
     let xv = vals(&xt);
     let outs = m.forward_all(&[&xt], false).unwrap();
     let mut mpv = vec![0.0; 18];
-    let mut apv = vec![0.0; 18];
+    let mut apv = [0.0; 18];
     for c in 0..2 {
         for oy in 0..3 {
             for ox in 0..3 {

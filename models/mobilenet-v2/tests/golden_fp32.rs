@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use mobilenet_v2::{build, Activation, MobileNetV2Config};
-use qat_graph::GraphModule;
+use qat_graph::{GraphModule, OpsPath};
 use qat_testutil::GoldenFile;
 use serde_json::Value;
 
@@ -112,9 +112,18 @@ fn fp32_logits_match_pytorch() {
         let direct = GraphModule::new(build(&cfg).unwrap(), 1, &Device::Cpu).unwrap();
         direct.load_safetensors_prefixed(&f.path, "fp32/").unwrap();
 
+        // The reference candle ops too (the default is the fast custom-op path).
+        let mut reference = GraphModule::new(build(&cfg).unwrap(), 2, &Device::Cpu).unwrap();
+        reference.load_state_dict(&sd).unwrap();
+        reference.set_ops_path(OpsPath::Candle);
+
         let x = tensor(f, "input");
         let want = tensor(f, "logits_fp32");
-        for (what, m) in [("unfused", &model), ("from file", &direct)] {
+        for (what, m) in [
+            ("unfused", &model),
+            ("from file", &direct),
+            ("candle ops", &reference),
+        ] {
             let y = m.forward_t(&x, false).unwrap();
             let d = max_abs(&y, &want);
             println!("{}: {what} max |Δ| = {d:e}", f.path.display());

@@ -23,6 +23,9 @@ pub struct Args {
     /// Skip the MobileNetV2 layers.
     #[arg(long)]
     no_mobilenet: bool,
+    /// Also time the scalar reference kernel (slow: ~1 GMAC/s).
+    #[arg(long)]
+    scalar: bool,
     /// Timed batches per figure (the best is reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
@@ -130,7 +133,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for &threads in &args.threads {
         for s in &shapes {
             let issue = s.set == "issue";
-            let isas: Vec<Isa> = if issue { Isa::supported() } else { vec![best] };
+            let isas: Vec<Isa> = if issue {
+                Isa::supported()
+                    .into_iter()
+                    .filter(|&i| args.scalar || i != Isa::Scalar)
+                    .collect()
+            } else {
+                vec![best]
+            };
             for isa in isas {
                 ours(args, s, isa, threads, false)?;
                 if issue && isa == best {

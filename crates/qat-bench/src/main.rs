@@ -11,6 +11,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod dwconv;
 mod gemm;
 mod json;
 mod peak;
@@ -32,11 +33,14 @@ enum Command {
     Peak(peak::Args),
     /// GEMM throughput: ours on every supported ISA, tract-linalg's int8 matmul, candle f32.
     Gemm(gemm::Args),
+    /// Depthwise 3×3 throughput on MobileNetV2's layers; candle f32 as the yardstick.
+    Dwconv(dwconv::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Peak(args) => peak::run(&args),
         Command::Gemm(args) => gemm::run(&args),
+        Command::Dwconv(args) => dwconv::run(&args),
     }
 }

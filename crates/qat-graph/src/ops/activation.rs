@@ -10,25 +10,19 @@ use rayon::prelude::*;
 
 use super::common::{f32_contiguous, slice_f32, PAR_MIN_ELEMS};
 
-/// Chunk size for the parallel element-wise loops.
-const CHUNK: usize = 1 << 14;
-
-/// `out[i] = f(a[i], b[i])`, in parallel chunks when big.
-fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    let body = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
-        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = f(a, b);
-        }
-    };
-    if a.len() < PAR_MIN_ELEMS {
-        body((&mut out, (a, b)));
+/// `out[i] = f(a[i], b[i])` in one pass (collecting an exact-size iterator writes each element
+/// once, no zero-fill), in parallel when big and more than one thread is available.
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    if a.len() < PAR_MIN_ELEMS || rayon::current_num_threads() == 1 {
+        a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
     } else {
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(body);
+        let mut out = Vec::with_capacity(a.len());
+        a.par_iter()
+            .zip(b.par_iter())
+            .map(|(&a, &b)| f(a, b))
+            .collect_into_vec(&mut out);
+        out
     }
-    out
 }
 
 /// `y = clamp(x, min, max)`; `max = +inf` is ReLU (gradient kept for `x = +inf`, as PyTorch).

@@ -9,8 +9,12 @@ use qat_kernels::Isa;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const SHAPES: [(usize, usize, usize); 4] =
-    [(784, 96, 576), (196, 192, 1152), (3136, 32, 192), (1024, 1024, 1024)];
+const SHAPES: [(usize, usize, usize); 4] = [
+    (784, 96, 576),
+    (196, 192, 1152),
+    (3136, 32, 192),
+    (1024, 1024, 1024),
+];
 
 fn gemm(c: &mut Criterion) {
     for (m, k, n) in SHAPES {

@@ -11,13 +11,19 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// ruy's shape list (`test_fast.cc`): small sizes and the edges of powers of two.
-const RUY: [usize; 19] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 17, 31, 32, 33, 63, 64, 65];
+const RUY: [usize; 19] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 17, 31, 32, 33, 63, 64, 65,
+];
 
 #[test]
 fn reference_equals_i64_triple_loop() {
     for seed in 0..20 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let (m, k, n) = (rng.gen_range(1..12), rng.gen_range(1..70), rng.gen_range(1..12));
+        let (m, k, n) = (
+            rng.gen_range(1..12),
+            rng.gen_range(1..70),
+            rng.gen_range(1..12),
+        );
         let p = Problem::random(m, k, n, seed as usize % 3, seed);
         let got = p.reference_i32();
         for i in 0..m {
@@ -59,7 +65,13 @@ fn ruy_shapes_every_isa() {
 #[test]
 fn degenerate_and_large_k() {
     for isa in isas("degenerate_and_large_k") {
-        for (m, k, n) in [(1, 1, 1), (1, 1, 100), (100, 1, 1), (1, 300, 1), (7, 5001, 50)] {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (1, 1, 100),
+            (100, 1, 1),
+            (1, 300, 1),
+            (7, 5001, 50),
+        ] {
             Problem::random(m, k, n, 2, (m * k + n) as u64).check(isa, 1);
         }
         // Tiles spanning whole panels plus ragged ones (AVX-512's 48-column panels).
@@ -75,7 +87,13 @@ fn degenerate_and_large_k() {
 fn extreme_values_at_large_k() {
     let k = 65_000;
     for isa in isas("extreme_values_at_large_k") {
-        for (a, w, zp_a) in [(255u8, -128i8, 0), (255, 127, 0), (0, 127, 255), (0, -128, 255), (255, -128, 255)] {
+        for (a, w, zp_a) in [
+            (255u8, -128i8, 0),
+            (255, 127, 0),
+            (0, 127, 255),
+            (0, -128, 255),
+            (255, -128, 255),
+        ] {
             let (m, n) = (9, 50);
             let acc = (a as i64 - zp_a as i64) * w as i64 * k as i64;
             assert!(acc.abs() <= i32::MAX as i64);
@@ -109,7 +127,14 @@ fn every_epilogue() {
         let base = Problem::random(13, 77, 61, 1, 7);
         let acc = base.reference_i32();
         let max = acc.iter().map(|&v| (v as i64).abs()).max().unwrap() as f32;
-        for (zp, qmin, qmax) in [(0, 0, 255), (200, 0, 255), (128, 128, 255), (30, 30, 90), (255, 255, 255), (0, 0, 0)] {
+        for (zp, qmin, qmax) in [
+            (0, 0, 255),
+            (200, 0, 255),
+            (128, 128, 255),
+            (30, 30, 90),
+            (255, 255, 255),
+            (0, 0, 0),
+        ] {
             let mut p = base.clone();
             p.requant = vec![Requant {
                 multiplier: 255.0 / max,
@@ -173,24 +198,59 @@ fn bad_inputs_are_errors() {
     let new = |w: &[i8], n, k, bias: Option<&[i32]>, zp, rq: &[Requant]| {
         PackedGemm::new(w, n, k, bias, zp, rq, Isa::Scalar)
     };
-    assert!(matches!(new(&w, 3, 5, None, 0, &rq), Err(KernelError::Length { .. })));
-    assert!(matches!(new(&w, 0, 12, None, 0, &rq), Err(KernelError::Shape(_))));
-    assert!(matches!(new(&w, 12, 0, None, 0, &rq), Err(KernelError::Shape(_))));
-    assert!(matches!(new(&w, 3, 4, Some(&[1, 2]), 0, &rq), Err(KernelError::Length { .. })));
-    assert!(matches!(new(&w, 3, 4, None, 256, &rq), Err(KernelError::ZeroPoint { .. })));
-    assert!(matches!(new(&w, 3, 4, None, -1, &rq), Err(KernelError::ZeroPoint { .. })));
-    assert!(matches!(new(&w, 3, 4, None, 0, &[rq[0]; 2]), Err(KernelError::Length { .. })));
+    assert!(matches!(
+        new(&w, 3, 5, None, 0, &rq),
+        Err(KernelError::Length { .. })
+    ));
+    assert!(matches!(
+        new(&w, 0, 12, None, 0, &rq),
+        Err(KernelError::Shape(_))
+    ));
+    assert!(matches!(
+        new(&w, 12, 0, None, 0, &rq),
+        Err(KernelError::Shape(_))
+    ));
+    assert!(matches!(
+        new(&w, 3, 4, Some(&[1, 2]), 0, &rq),
+        Err(KernelError::Length { .. })
+    ));
+    assert!(matches!(
+        new(&w, 3, 4, None, 256, &rq),
+        Err(KernelError::ZeroPoint { .. })
+    ));
+    assert!(matches!(
+        new(&w, 3, 4, None, -1, &rq),
+        Err(KernelError::ZeroPoint { .. })
+    ));
+    assert!(matches!(
+        new(&w, 3, 4, None, 0, &[rq[0]; 2]),
+        Err(KernelError::Length { .. })
+    ));
     for bad in [f32::NAN, 0.0, -1.0, f32::INFINITY] {
-        let r = [Requant { multiplier: bad, ..rq[0] }];
-        assert!(matches!(new(&w, 3, 4, None, 0, &r), Err(KernelError::Scale { .. })));
+        let r = [Requant {
+            multiplier: bad,
+            ..rq[0]
+        }];
+        assert!(matches!(
+            new(&w, 3, 4, None, 0, &r),
+            Err(KernelError::Scale { .. })
+        ));
     }
     for (zp, qmin, qmax) in [(0, 10, 5), (0, -1, 255), (0, 0, 256), (300, 0, 255)] {
-        let r = [Requant { multiplier: 0.5, zero_point: zp, qmin, qmax }];
+        let r = [Requant {
+            multiplier: 0.5,
+            zero_point: zp,
+            qmin,
+            qmax,
+        }];
         assert!(new(&w, 3, 4, None, 0, &r).is_err(), "{zp} {qmin} {qmax}");
     }
     // K too large for an exact i32 accumulator.
     let big = vec![0i8; 70_000];
-    assert!(matches!(new(&big, 1, 70_000, None, 0, &rq), Err(KernelError::Param(_))));
+    assert!(matches!(
+        new(&big, 1, 70_000, None, 0, &rq),
+        Err(KernelError::Param(_))
+    ));
 
     let g = new(&w, 3, 4, None, 0, &rq).unwrap();
     let a = vec![0u8; 8];
@@ -198,10 +258,22 @@ fn bad_inputs_are_errors() {
     assert!(g.gemm_u8(&a, 2, 4, &mut out, 3, 0).is_err(), "0 threads");
     assert!(g.gemm_u8(&a, 2, 3, &mut out, 3, 1).is_err(), "lda < k");
     assert!(g.gemm_u8(&a, 2, 4, &mut out, 2, 1).is_err(), "ldc < n");
-    assert!(matches!(g.gemm_u8(&a, 3, 4, &mut out, 3, 1), Err(KernelError::Length { .. })));
-    assert!(matches!(g.gemm_u8(&a, 2, 4, &mut out[..5], 3, 1), Err(KernelError::Length { .. })));
+    assert!(matches!(
+        g.gemm_u8(&a, 3, 4, &mut out, 3, 1),
+        Err(KernelError::Length { .. })
+    ));
+    assert!(matches!(
+        g.gemm_u8(&a, 2, 4, &mut out[..5], 3, 1),
+        Err(KernelError::Length { .. })
+    ));
     let mut out32 = vec![0i32; 5];
-    assert!(matches!(g.gemm_i32(&a, 2, 4, &mut out32, 3, 1), Err(KernelError::Length { .. })));
-    assert!(g.gemm_u8(&a, 0, 4, &mut [], 3, 1).is_ok(), "m = 0 is an empty product");
+    assert!(matches!(
+        g.gemm_i32(&a, 2, 4, &mut out32, 3, 1),
+        Err(KernelError::Length { .. })
+    ));
+    assert!(
+        g.gemm_u8(&a, 0, 4, &mut [], 3, 1).is_ok(),
+        "m = 0 is an empty product"
+    );
     assert!(reference::gemm_i32_reference(&a, 2, 4, &w, 3, 5, None, 0).is_err());
 }

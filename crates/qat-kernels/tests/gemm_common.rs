@@ -48,7 +48,9 @@ impl Problem {
         let mut rng = StdRng::seed_from_u64(seed);
         let lda = k + pad;
         let ldc = n + pad;
-        let a: Vec<u8> = (0..m.saturating_sub(1) * lda + k).map(|_| rng.gen()).collect();
+        let a: Vec<u8> = (0..m.saturating_sub(1) * lda + k)
+            .map(|_| rng.gen())
+            .collect();
         let w: Vec<i8> = (0..n * k).map(|_| rng.gen()).collect();
         let bias = if rng.gen_bool(0.8) {
             Some((0..n).map(|_| rng.gen_range(-100_000..100_000)).collect())
@@ -184,7 +186,17 @@ impl Problem {
                 }
             }
         }
-        assert_eq!(got[len - 1], 0x5A5A_5A5A, "{} wrote past the end", g.kernel_name());
-        assert_eq!(got8[len - 1], 0xA5, "{} wrote past the end", g.kernel_name());
+        assert_eq!(
+            got[len - 1],
+            0x5A5A_5A5A,
+            "{} wrote past the end",
+            g.kernel_name()
+        );
+        assert_eq!(
+            got8[len - 1],
+            0xA5,
+            "{} wrote past the end",
+            g.kernel_name()
+        );
     }
 }

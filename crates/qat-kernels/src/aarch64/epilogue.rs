@@ -19,7 +19,11 @@ pub(crate) unsafe fn finish_row(t: &Tile, r: usize, acc: [int32x4_t; 2]) {
     match t.out {
         Out::I32 { ptr, ldc } => {
             let mut buf = [0i32; 8];
-            let dst = if full { ptr.add(r * ldc) } else { buf.as_mut_ptr() };
+            let dst = if full {
+                ptr.add(r * ldc)
+            } else {
+                buf.as_mut_ptr()
+            };
             vst1q_s32(dst, v0);
             vst1q_s32(dst.add(4), v1);
             if !full {
@@ -38,7 +42,11 @@ pub(crate) unsafe fn finish_row(t: &Tile, r: usize, acc: [int32x4_t; 2]) {
             };
             let bytes = narrow_u8_neon(q(v0, 0), q(v1, 4));
             let mut buf = [0u8; 8];
-            let dst = if full { ptr.add(r * ldc) } else { buf.as_mut_ptr() };
+            let dst = if full {
+                ptr.add(r * ldc)
+            } else {
+                buf.as_mut_ptr()
+            };
             vst1_u8(dst, bytes);
             if !full {
                 std::ptr::copy_nonoverlapping(buf.as_ptr(), ptr.add(r * ldc), t.nc);

@@ -27,10 +27,7 @@ unsafe impl Sync for Shared {}
 /// Run the whole M × N output. The caller has validated every length.
 pub(crate) fn run(g: &PackedGemm, a: &[u8], m: usize, lda: usize, out: Out, threads: usize) {
     let desc = g.desc();
-    let shared = Shared {
-        a: a.as_ptr(),
-        out,
-    };
+    let shared = Shared { a: a.as_ptr(), out };
     let panels = g.n.div_ceil(desc.nr);
     let row_tiles = m.div_ceil(desc.mr);
     if threads <= 1 || row_tiles * panels < 2 {

@@ -145,7 +145,9 @@ impl PackedGemm {
                 )));
             }
         }
-        let max_bias = bias.map_or(0, |b| b.iter().map(|&x| (x as i64).abs()).max().unwrap_or(0));
+        let max_bias = bias.map_or(0, |b| {
+            b.iter().map(|&x| (x as i64).abs()).max().unwrap_or(0)
+        });
         if (k as i64).saturating_mul(MAX_PRODUCT) + max_bias > i32::MAX as i64 {
             return Err(KernelError::Param(format!(
                 "GEMM k = {k} with |bias| ≤ {max_bias} can overflow the i32 accumulator"
@@ -155,14 +157,24 @@ impl PackedGemm {
         let desc = kernel::for_isa(isa);
         let weights_packed = pack::pack_weights(desc, weights, n, k);
         let np = n.div_ceil(desc.nr) * desc.nr;
-        let col_requant = |j: usize| if requant.len() == 1 { requant[0] } else { requant[j] };
+        let col_requant = |j: usize| {
+            if requant.len() == 1 {
+                requant[0]
+            } else {
+                requant[j]
+            }
+        };
         let mut packed_bias = vec![0i32; np];
         let mut requant_cols = Vec::with_capacity(n);
         for (j, pb) in packed_bias.iter_mut().enumerate().take(n) {
             let wsum: i32 = weights[j * k..(j + 1) * k].iter().map(|&w| w as i32).sum();
             let b = bias.map_or(0, |b| b[j]);
             // Activations enter as (a ^ 0x80) = a - 128 on kernels with i8×i8 dot products.
-            let zp_eff = if desc.a_xor_128 { input_zero_point - 128 } else { input_zero_point };
+            let zp_eff = if desc.a_xor_128 {
+                input_zero_point - 128
+            } else {
+                input_zero_point
+            };
             *pb = b.wrapping_sub(zp_eff.wrapping_mul(wsum));
             requant_cols.push(col_requant(j));
         }
@@ -172,8 +184,14 @@ impl PackedGemm {
             v
         };
         let multiplier = pad(requant_cols.iter().map(|r| r.multiplier).collect());
-        let lo = pad(requant_cols.iter().map(|r| (r.qmin - r.zero_point) as f32).collect());
-        let hi = pad(requant_cols.iter().map(|r| (r.qmax - r.zero_point) as f32).collect());
+        let lo = pad(requant_cols
+            .iter()
+            .map(|r| (r.qmin - r.zero_point) as f32)
+            .collect());
+        let hi = pad(requant_cols
+            .iter()
+            .map(|r| (r.qmax - r.zero_point) as f32)
+            .collect());
         let mut zero_point: Vec<i32> = requant_cols.iter().map(|r| r.zero_point).collect();
         zero_point.resize(np, 0);
         Ok(PackedGemm {

@@ -74,7 +74,11 @@ pub fn gemm_u8_reference(
         .iter()
         .enumerate()
         .map(|(idx, &v)| {
-            let r = if requant.len() == 1 { requant[0] } else { requant[idx % n] };
+            let r = if requant.len() == 1 {
+                requant[0]
+            } else {
+                requant[idx % n]
+            };
             r.apply(v) as u8
         })
         .collect())

@@ -14,7 +14,14 @@ pub(crate) struct Case {
 
 fn accumulators() -> Vec<i32> {
     let mut v = vec![0, 1, -1, 3, -3, 5, -5, 7, -7];
-    v.extend([i32::MIN, i32::MIN + 1, i32::MIN + 2, i32::MAX - 2, i32::MAX - 1, i32::MAX]);
+    v.extend([
+        i32::MIN,
+        i32::MIN + 1,
+        i32::MIN + 2,
+        i32::MAX - 2,
+        i32::MAX - 1,
+        i32::MAX,
+    ]);
     for i in 0..31 {
         for d in -2..=2 {
             let p = (1i64 << i) + d;

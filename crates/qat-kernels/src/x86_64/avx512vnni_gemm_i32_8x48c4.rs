@@ -110,8 +110,10 @@ unsafe fn tile<const R: usize, const C: usize>(t: &Tile) {
             }
         }
         Out::U8 { ptr, ldc } => {
-            let mult: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(t.multiplier.add(16 * c)));
-            let zp: [__m512i; C] = std::array::from_fn(|c| _mm512_loadu_si512(t.zero_point.add(16 * c).cast()));
+            let mult: [__m512; C] =
+                std::array::from_fn(|c| _mm512_loadu_ps(t.multiplier.add(16 * c)));
+            let zp: [__m512i; C] =
+                std::array::from_fn(|c| _mm512_loadu_si512(t.zero_point.add(16 * c).cast()));
             let lo: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(t.lo.add(16 * c)));
             let hi: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(t.hi.add(16 * c)));
             for (r, acc_r) in acc.iter().enumerate() {

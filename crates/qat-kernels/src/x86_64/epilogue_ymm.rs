@@ -21,7 +21,11 @@ pub(crate) unsafe fn finish<const R: usize, const C: usize>(t: &Tile, acc: &[[__
         Out::I32 { ptr, ldc } => {
             for (r, acc_r) in acc.iter().enumerate() {
                 let mut buf = [0i32; 16];
-                let dst = if full { ptr.add(r * ldc) } else { buf.as_mut_ptr() };
+                let dst = if full {
+                    ptr.add(r * ldc)
+                } else {
+                    buf.as_mut_ptr()
+                };
                 for c in 0..C {
                     let v = _mm256_add_epi32(acc_r[c], bias[c]);
                     _mm256_storeu_si256(dst.add(8 * c).cast(), v);
@@ -32,14 +36,19 @@ pub(crate) unsafe fn finish<const R: usize, const C: usize>(t: &Tile, acc: &[[__
             }
         }
         Out::U8 { ptr, ldc } => {
-            let mult: [__m256; C] = std::array::from_fn(|c| _mm256_loadu_ps(t.multiplier.add(8 * c)));
+            let mult: [__m256; C] =
+                std::array::from_fn(|c| _mm256_loadu_ps(t.multiplier.add(8 * c)));
             let zp: [__m256i; C] =
                 std::array::from_fn(|c| _mm256_loadu_si256(t.zero_point.add(8 * c).cast()));
             let lo: [__m256; C] = std::array::from_fn(|c| _mm256_loadu_ps(t.lo.add(8 * c)));
             let hi: [__m256; C] = std::array::from_fn(|c| _mm256_loadu_ps(t.hi.add(8 * c)));
             for (r, acc_r) in acc.iter().enumerate() {
                 let mut buf = [0u8; 16];
-                let dst = if full { ptr.add(r * ldc) } else { buf.as_mut_ptr() };
+                let dst = if full {
+                    ptr.add(r * ldc)
+                } else {
+                    buf.as_mut_ptr()
+                };
                 for c in 0..C {
                     let v = _mm256_add_epi32(acc_r[c], bias[c]);
                     let q = narrow_u8_avx2(requant_avx2(v, mult[c], zp[c], lo[c], hi[c]));

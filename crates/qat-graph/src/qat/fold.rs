@@ -1,0 +1,122 @@
+//! QAT Conv+BN / Linear+BN: the BatchNorm folded into the fake-quantized weight the way
+//! PyTorch's `torch.ao.nn.intrinsic.qat` modules do it (`conv_fused.py`,
+//! `_forward_approximate`):
+//!
+//! ```text
+//! running_std  = sqrt(running_var + eps)
+//! scale_factor = gamma / running_std
+//! y0   = conv(x, weight_fake_quant(weight * scale_factor[c]), zero bias)
+//! y1   = y0 / scale_factor[c] (+ bias)
+//! out  = batch_norm(y1)   // batch stats + running-stat update in train mode,
+//!                         // running stats when frozen or in eval
+//! ```
+//!
+//! Dividing by the scale factor undoes the folding in float, so in train mode the real BN
+//! normalises with batch statistics while the convolution already sees the weights as they
+//! will be quantized after folding.
+
+use candle_core::{Tensor, Var};
+
+use crate::error::{GraphError, Result};
+use crate::ir::BnCfg;
+use crate::prims::{self, OpsPath};
+use crate::qat::fq::FqModule;
+
+/// The variables of one BatchNorm (shared with the graph's `VarMap`).
+#[derive(Debug, Clone)]
+pub struct BnVars {
+    pub name: String,
+    pub cfg: BnCfg,
+    pub weight: Var,
+    pub bias: Var,
+    pub running_mean: Var,
+    pub running_var: Var,
+    pub num_batches_tracked: Var,
+}
+
+/// Which statistics the folded BatchNorm normalises with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BnStats {
+    /// Batch statistics; running statistics updated (train mode, BN live).
+    Batch,
+    /// Running statistics, nothing updated (eval mode, or `freeze_bn_stats`).
+    Running,
+}
+
+/// Per-channel shape `[C, 1, ..]` of a weight (`dims` of the weight) and `[1, C, 1, ..]` of
+/// the output.
+fn channel_shapes(weight_rank: usize, c: usize) -> (Vec<usize>, Vec<usize>) {
+    let mut w = vec![1; weight_rank];
+    w[0] = c;
+    let mut o = vec![1; weight_rank];
+    o[1] = c;
+    (w, o)
+}
+
+/// The folded forward (see the module docs). `op(x, w)` is the convolution or linear map
+/// without bias; `bias` is the conv / linear bias, added after un-scaling.
+pub fn folded_bn_forward(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    bn: &BnVars,
+    stats: BnStats,
+    weight_fq: Option<&FqModule>,
+    op: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let c = bn.cfg.num_features;
+    let (wshape, oshape) = channel_shapes(weight.rank(), c);
+    let running_std = (bn.running_var.as_detached_tensor() + bn.cfg.eps)?.sqrt()?;
+    let scale_factor = bn.weight.as_tensor().div(&running_std)?;
+    let scaled = weight.broadcast_mul(&scale_factor.reshape(wshape.as_slice())?)?;
+    let scaled = match weight_fq {
+        Some(fq) => fq.forward(&scaled)?,
+        None => scaled,
+    };
+    let y = op(x, &scaled)?;
+    let sf_out = scale_factor.reshape(oshape.as_slice())?;
+    let mut y = y.broadcast_div(&sf_out)?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(&b.reshape(oshape.as_slice())?)?;
+    }
+    batch_norm(bn, &y, stats)
+}
+
+/// BatchNorm over axis 1 with batch or running statistics (PyTorch's train / eval rules:
+/// running variance updated with the unbiased batch variance, `num_batches_tracked` + 1).
+pub fn batch_norm(bn: &BnVars, x: &Tensor, stats: BnStats) -> Result<Tensor> {
+    let eps = bn.cfg.eps;
+    if stats == BnStats::Running {
+        let rstd = (bn.running_var.as_detached_tensor() + eps)?.sqrt()?;
+        let scale = bn.weight.as_tensor().div(&rstd)?;
+        let shift = (bn.bias.as_tensor() - (bn.running_mean.as_detached_tensor() * &scale)?)?;
+        return Ok(prims::channel_affine(x, &scale, &shift)?);
+    }
+    let per_channel = x.elem_count() / x.dim(1)?;
+    if per_channel < 2 {
+        return Err(GraphError::node(
+            &bn.name,
+            format!(
+                "train-mode BatchNorm needs more than 1 value per channel, got input {:?}",
+                x.dims()
+            ),
+        ));
+    }
+    let (y, mean, var) = prims::batch_norm_train(
+        x,
+        bn.weight.as_tensor(),
+        bn.bias.as_tensor(),
+        eps,
+        OpsPath::default(),
+    )?;
+    let m = bn.cfg.momentum;
+    let unbias = per_channel as f64 / (per_channel - 1) as f64;
+    let rm = ((bn.running_mean.as_detached_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
+    let rv = ((bn.running_var.as_detached_tensor() * (1.0 - m))? + (var.detach() * (m * unbias))?)?;
+    bn.running_mean.set(&rm)?;
+    bn.running_var.set(&rv)?;
+    let count = bn.num_batches_tracked.as_tensor().to_scalar::<i64>()?;
+    let dev = bn.num_batches_tracked.device().clone();
+    bn.num_batches_tracked.set(&Tensor::new(count + 1, &dev)?)?;
+    Ok(y)
+}

@@ -1,0 +1,11 @@
+//! Quantization-aware execution of a fused graph: [`QatGraph`] (built by
+//! [`prepare_qat`](crate::prepare_qat)), its fake-quant modules ([`FqModule`]) and the
+//! BN-folding forward of QAT Conv+BN / Linear+BN ([`fold`]).
+
+pub mod fold;
+pub mod fq;
+mod graph;
+
+pub use fold::{batch_norm, folded_bn_forward, BnStats, BnVars};
+pub use fq::FqModule;
+pub use graph::{Boundary, QatGraph, QatNode};

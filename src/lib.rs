@@ -8,12 +8,18 @@
 //! * [`observer`] (`qat-observer`): observers that pick qparams from data.
 //! * [`fakequant`] (`qat-fakequant`): fake-quant candle ops with straight-through gradients and
 //!   the `FakeQuantize` module.
+//! * [`kernels`] (`qat-kernels`): int8 SIMD CPU kernels with runtime ISA dispatch.
+//! * [`runtime`] (`qat-runtime`): the int8 `QuantizedModel`, its execution and file format.
+//! * [`data`] (`qat-data`): MNIST / Fashion-MNIST loading with checksums.
 //!
 //! Most users want the [`prelude`].
 
 pub use qat_core as core;
+pub use qat_data as data;
 pub use qat_fakequant as fakequant;
+pub use qat_kernels as kernels;
 pub use qat_observer as observer;
+pub use qat_runtime as runtime;
 
 /// The names a typical program uses.
 pub mod prelude {

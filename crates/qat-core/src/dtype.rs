@@ -165,7 +165,9 @@ mod tests {
         assert!(QDType::custom(Signedness::Signed, 1, 10).is_err());
         assert!(QDType::custom(Signedness::Signed, 5, 5).is_err());
         assert_eq!(
-            QDType::custom(Signedness::Signed, -127, 127).unwrap().range(),
+            QDType::custom(Signedness::Signed, -127, 127)
+                .unwrap()
+                .range(),
             (-127, 127)
         );
     }

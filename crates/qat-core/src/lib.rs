@@ -25,10 +25,12 @@ mod scheme;
 
 pub use dtype::{QDType, Signedness};
 pub use error::{QuantError, Result};
-pub use qparams::{choose_qparams, choose_qparams_per_channel, QParams, TensorQParams, DEFAULT_EPS};
+pub use qarith::{add_multipliers, avg_pool_multiplier, global_avg_pool, quantized_add};
+pub use qparams::{
+    choose_qparams, choose_qparams_per_channel, QParams, TensorQParams, DEFAULT_EPS,
+};
 pub use quantize::{
     dequantize, fake_quantize, fake_quantize_with_inv, inv_scale, quantize, quantize_with_inv,
 };
-pub use qarith::{add_multipliers, avg_pool_multiplier, global_avg_pool, quantized_add};
 pub use requant::{requant_multiplier, requantize, Requant};
 pub use scheme::QScheme;

@@ -207,7 +207,9 @@ mod tests {
         assert!(choose_qparams(f32::NAN, 1.0, d, false, DEFAULT_EPS).is_err());
         assert!(choose_qparams(0.0, f32::INFINITY, d, false, DEFAULT_EPS).is_err());
         assert!(choose_qparams(0.0, 1.0, d, false, 0.0).is_err());
-        assert!(choose_qparams_per_channel(&[0.0], &[], d, QScheme::PerTensorAffine, 1e-7).is_err());
+        assert!(
+            choose_qparams_per_channel(&[0.0], &[], d, QScheme::PerTensorAffine, 1e-7).is_err()
+        );
     }
 
     #[test]

@@ -23,7 +23,13 @@ pub fn inv_scale(scale: f32) -> f32 {
 /// ```
 #[inline]
 pub fn quantize(x: f32, q: QParams, dtype: QDType) -> i32 {
-    quantize_with_inv(x, inv_scale(q.scale), q.zero_point, dtype.quant_min, dtype.quant_max)
+    quantize_with_inv(
+        x,
+        inv_scale(q.scale),
+        q.zero_point,
+        dtype.quant_min,
+        dtype.quant_max,
+    )
 }
 
 /// [`quantize`] with the reciprocal and the bounds already computed (the hot-loop form).

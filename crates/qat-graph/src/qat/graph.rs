@@ -341,7 +341,7 @@ impl QatGraph {
     /// Our state name for a PyTorch eager-mode QAT `state_dict` name (after
     /// `fuse_modules_qat` + `prepare_qat`): `quant.*` (the input `QuantStub`) is the single
     /// input node's, and `<conv>.bn.*` of a fused Conv+BN is the folded BN node's.
-    fn from_pytorch_name(&self, key: &str) -> String {
+    fn our_name_for_pytorch(&self, key: &str) -> String {
         let g = self.graph();
         if let Some(rest) = key.strip_prefix("quant.") {
             if let [input] = g.inputs().as_slice() {
@@ -360,13 +360,13 @@ impl QatGraph {
 
     /// Load a PyTorch eager-mode QAT `state_dict` (parameters, BN buffers, every fake-quant's
     /// `scale` / `zero_point` / flags / observer `min_val` / `max_val`), mapping its fused
-    /// names onto this graph (see `from_pytorch_name`). Every parameter and every fake-quant
+    /// names onto this graph (see `our_name_for_pytorch`). Every parameter and every fake-quant
     /// module must be covered, else an `Err` lists what is missing; returns the keys that
     /// map to nothing here (e.g. the unused `skip_add` of blocks without a residual).
     pub fn load_pytorch_qat_state(&self, sd: &HashMap<String, Tensor>) -> Result<Vec<String>> {
         let mapped: HashMap<String, Tensor> = sd
             .iter()
-            .map(|(k, v)| (self.from_pytorch_name(k), v.clone()))
+            .map(|(k, v)| (self.our_name_for_pytorch(k), v.clone()))
             .collect();
         let fq_names: Vec<String> = self.fake_quant_names();
         let owned_by_fq = |k: &str| fq_names.iter().any(|f| k.starts_with(&format!("{f}.")));
@@ -418,7 +418,7 @@ impl QatGraph {
         let mut ignored: Vec<String> = sd
             .keys()
             .filter(|k| {
-                let m = self.from_pytorch_name(k);
+                let m = self.our_name_for_pytorch(k);
                 !vars.contains_key(&m) && !owned_by_fq(&m)
             })
             .cloned()

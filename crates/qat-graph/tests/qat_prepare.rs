@@ -454,3 +454,61 @@ fn qat_lsq_scales_learn() {
         .count();
     assert_eq!(with_grad, lsq.len());
 }
+
+#[test]
+fn qat_pytorch_state_loading_maps_names_and_checks_coverage() {
+    let q = prepare_qat_module(module(11), &QConfig::default_qat()).unwrap();
+    q.forward_t(&input(90, 4), true).unwrap();
+    // Our state under PyTorch's eager names: the input stub is `quant`, a fused BN lives
+    // under `<conv>.bn`.
+    let to_pytorch = |k: &str| -> String {
+        if let Some(r) = k.strip_prefix("x.") {
+            return format!("quant.{r}");
+        }
+        for (bn, conv) in [
+            ("features.0.1.", "features.0.0"),
+            ("features.1.1.", "features.1.0"),
+            ("features.2.1.", "features.2.0"),
+        ] {
+            if let Some(r) = k.strip_prefix(bn) {
+                return format!("{conv}.bn.{r}");
+            }
+        }
+        k.to_string()
+    };
+    let mut sd: HashMap<String, Tensor> = q
+        .state()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (to_pytorch(&k), v))
+        .collect();
+    let extra = "features.5.skip_add.activation_post_process.scale".to_string();
+    sd.insert(extra.clone(), Tensor::new(&[1f32], &Device::Cpu).unwrap());
+
+    let q2 = prepare_qat_module(module(12), &QConfig::default_qat()).unwrap();
+    assert_eq!(q2.load_pytorch_qat_state(&sd).unwrap(), [extra]);
+    let (s1, s2) = (q.state().unwrap(), q2.state().unwrap());
+    for k in [
+        "features.1.1.running_var",
+        "features.0.0.weight",
+        "x.activation_post_process.scale",
+        "features.2.0.weight_fake_quant.scale",
+    ] {
+        let v = |s: &HashMap<String, Tensor>| s[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v(&s1), v(&s2), "{k}");
+    }
+    let x = input(91, 2);
+    q.enable_observers(false);
+    q2.enable_observers(false);
+    assert_eq!(
+        max_abs_diff(
+            &q.forward_t(&x, false).unwrap(),
+            &q2.forward_t(&x, false).unwrap()
+        ),
+        0.0
+    );
+
+    sd.remove("features.1.0.bn.running_var");
+    let e = q2.load_pytorch_qat_state(&sd).unwrap_err().to_string();
+    assert!(e.contains("features.1.1.running_var"), "{e}");
+}

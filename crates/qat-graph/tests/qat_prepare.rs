@@ -512,3 +512,86 @@ fn qat_pytorch_state_loading_maps_names_and_checks_coverage() {
     let e = q2.load_pytorch_qat_state(&sd).unwrap_err().to_string();
     assert!(e.contains("features.1.1.running_var"), "{e}");
 }
+
+#[test]
+fn qat_conv_relu6_and_linear_relu_fake_quantize_weights_inside() {
+    let mut g = Graph::new();
+    let x = g.input("x", [3, 10, 10]).unwrap();
+    let c = g
+        .conv2d("conv", x, Conv2dCfg::new(3, 8, 3).stride(2).padding(1))
+        .unwrap();
+    let c = g.relu6("conv_act", c).unwrap();
+    let f = g.flatten("flatten", c).unwrap();
+    let fc = LinearCfg {
+        in_features: 8 * 25,
+        out_features: 6,
+        bias: true,
+    };
+    let l = g.linear("fc", f, fc).unwrap();
+    g.relu("fc_act", l).unwrap();
+    let mut m = GraphModule::new(g, 13, &Device::Cpu).unwrap();
+    m.set_ops_path(OpsPath::Candle);
+    let q = prepare_qat_module(m, &QConfig::default_qat()).unwrap();
+    let types: Vec<String> = q.graph().nodes().iter().map(|n| n.op.type_name()).collect();
+    assert_eq!(types, ["Input", "ConvReLU62d", "Flatten", "LinearReLU"]);
+    assert_eq!(
+        q.fake_quant_names(),
+        [
+            "x.activation_post_process",
+            "conv.weight_fake_quant",
+            "conv.activation_post_process",
+            "fc.weight_fake_quant",
+            "fc.activation_post_process"
+        ]
+    );
+    q.forward_t(&input(100, 4), true).unwrap();
+    q.enable_observers(false);
+    let x = input(101, 2);
+    let got = q.forward_t(&x, false).unwrap();
+    let st = q.state().unwrap();
+    let a = fq_act(&q, "x.activation_post_process", &x);
+    let w = fq_weight(&q, "conv.weight_fake_quant", &st["conv.weight"]);
+    let y = a
+        .conv2d(&w, 1, 2, 1, 1)
+        .unwrap()
+        .broadcast_add(&st["conv.bias"].reshape((1, 8, 1, 1)).unwrap())
+        .unwrap()
+        .clamp(0f32, 6f32)
+        .unwrap();
+    let y = fq_act(&q, "conv.activation_post_process", &y)
+        .flatten_from(1)
+        .unwrap();
+    let (s, z) = qp(&q, "fc.weight_fake_quant");
+    assert_eq!(s.len(), 6);
+    let w = fq_weight(&q, "fc.weight_fake_quant", &st["fc.weight"]);
+    let y = y
+        .matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(&st["fc.bias"])
+        .unwrap()
+        .relu()
+        .unwrap();
+    let want = fq_act(&q, "fc.activation_post_process", &y);
+    assert!(z.iter().all(|&z| z == 0));
+    assert!(max_abs_diff(&got, &want) <= 1e-6);
+}
+
+#[test]
+fn qat_bad_inputs_are_errors() {
+    let q = prepare_qat_module(module(14), &QConfig::default_qat()).unwrap();
+    let wrong = Tensor::zeros((2, 3, 9, 10), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let e = q.forward_t(&wrong, true).unwrap_err().to_string();
+    assert!(e.contains("x") && e.contains("[2, 3, 9, 10]"), "{e}");
+    let ints = Tensor::zeros((2, 3, 10, 10), candle_core::DType::I64, &Device::Cpu).unwrap();
+    let e = q.forward_t(&ints, true).unwrap_err().to_string();
+    assert!(e.contains("f32"), "{e}");
+    let x = input(110, 2);
+    let e = q.forward_all(&[&x, &x], true).unwrap_err().to_string();
+    assert!(e.contains("1 input(s), 2 given"), "{e}");
+    // NaN reaches an observer: the error names the fake-quant module, state untouched.
+    let before = qp(&q, "x.activation_post_process");
+    let nan = (x.clone() * f64::NAN).unwrap();
+    let e = q.forward_t(&nan, true).unwrap_err().to_string();
+    assert!(e.contains("x.activation_post_process"), "{e}");
+    assert_eq!(qp(&q, "x.activation_post_process"), before);
+}

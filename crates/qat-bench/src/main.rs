@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod dwconv;
 mod gemm;
 mod json;
+mod model;
 mod peak;
 mod timing;
 
@@ -33,6 +34,8 @@ enum Command {
     Peak(peak::Args),
     /// GEMM throughput: ours on every supported ISA, tract-linalg's int8 matmul, candle f32.
     Gemm(gemm::Args),
+    /// Whole int8 models through qat-runtime (MobileNetV2 28×28 w0.5 and 224 w1.0).
+    Model(model::Args),
     /// Depthwise 3×3 throughput on MobileNetV2's layers; candle f32 as the yardstick.
     Dwconv(dwconv::Args),
 }
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Peak(args) => peak::run(&args),
         Command::Gemm(args) => gemm::run(&args),
+        Command::Model(args) => model::run(&args),
         Command::Dwconv(args) => dwconv::run(&args),
     }
 }

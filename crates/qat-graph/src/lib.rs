@@ -2,6 +2,7 @@
 
 pub mod ops;
 
+pub mod convert;
 pub mod error;
 pub mod exec;
 pub mod fuse;

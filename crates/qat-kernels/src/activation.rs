@@ -16,6 +16,10 @@ pub enum Activation {
     Relu,
     /// `min(max(x, 0), 6)`.
     Relu6,
+    /// Explicit u8 bounds `[qmin, qmax]` (`qmin <= qmax`), e.g. a fake-quant's narrowed range
+    /// (`reduce_range`: `[0, 127]`) combined with a fused ReLU, so the int8 output clamps
+    /// exactly where the fake-quant did.
+    Clamp { qmin: u8, qmax: u8 },
 }
 
 impl Activation {
@@ -28,6 +32,7 @@ impl Activation {
     /// assert_eq!(Activation::None.bounds(out), (0, 255));
     /// assert_eq!(Activation::Relu.bounds(out), (3, 255));
     /// assert_eq!(Activation::Relu6.bounds(out), (3, 123));
+    /// assert_eq!(Activation::Clamp { qmin: 3, qmax: 127 }.bounds(out), (3, 127));
     /// ```
     pub fn bounds(self, out: QParams) -> (i32, i32) {
         let zp = out.zero_point.clamp(0, 255);
@@ -44,6 +49,8 @@ impl Activation {
                 );
                 (zp, six.max(zp))
             }
+            // A reversed pair would make the kernels' clamp order-dependent: keep it ordered.
+            Activation::Clamp { qmin, qmax } => (qmin.min(qmax) as i32, qmax.max(qmin) as i32),
         }
     }
 }

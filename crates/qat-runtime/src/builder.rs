@@ -84,6 +84,17 @@ pub(crate) fn check_qparams(op: &str, what: &str, q: QParams) -> Result<()> {
     Ok(())
 }
 
+/// `Err` for an explicit clamp whose bounds are reversed.
+fn check_activation(op: &str, a: Activation) -> Result<()> {
+    match a {
+        Activation::Clamp { qmin, qmax } if qmin > qmax => Err(op_err(
+            op,
+            format!("activation clamp [{qmin}, {qmax}] has qmin > qmax"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn check_weight_scales(op: &str, scales: &[f32], n: usize) -> Result<()> {
     if scales.len() != n {
         return Err(op_err(
@@ -349,6 +360,7 @@ impl ModelBuilder {
         }
         check_weight_scales(name, &p.weight_scales, co)?;
         check_qparams(name, "output", p.output)?;
+        check_activation(name, p.activation)?;
         p.bias = quantize_bias(name, &p.bias, co, in_q.scale, &p.weight_scales)?;
         check_multipliers(name, in_q.scale, &p.weight_scales, p.output.scale)?;
         let out = p.output;
@@ -387,6 +399,7 @@ impl ModelBuilder {
         }
         check_weight_scales(name, &p.weight_scales, n)?;
         check_qparams(name, "output", p.output)?;
+        check_activation(name, p.activation)?;
         p.bias = quantize_bias(name, &p.bias, n, in_q.scale, &p.weight_scales)?;
         check_multipliers(name, in_q.scale, &p.weight_scales, p.output.scale)?;
         let out = p.output;
@@ -415,6 +428,7 @@ impl ModelBuilder {
             ));
         }
         check_qparams(name, "output", output)?;
+        check_activation(name, activation)?;
         qat_kernels::elementwise::QuantizedAdd::new(qa, qb, output, activation)
             .map_err(crate::error::kernel_err(name))?;
         let op = Op::Add {

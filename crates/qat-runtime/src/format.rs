@@ -25,7 +25,7 @@
 //! | `ops` | array | in execution order: `{ "name", "op", "attrs" }` |
 //! | `qparams` | object | `{ "scale": f64 (an exact f32), "zero_point": 0..=255 }` |
 //! | `op` | string | `quantize`, `dequantize`, `conv2d`, `linear`, `add`, `global_avg_pool`, `flatten`, `float_linear`, `float_conv1x1`, `float_relu`, `float_hardswish`, `float_add` |
-//! | `attrs` of `conv2d` | object | `input`, `out_channels`, `kernel`, `stride`, `padding`, `dilation` (each `[h, w]`), `groups`, `output` (qparams), `activation` (`none` / `relu` / `relu6`), `bias` (bool) |
+//! | `attrs` of `conv2d` | object | `input`, `out_channels`, `kernel`, `stride`, `padding`, `dilation` (each `[h, w]`), `groups`, `output` (qparams), `activation` (`none` / `relu` / `relu6` / `{"clamp": [qmin, qmax]}`), `bias` (bool) |
 //! | `attrs` of `linear` | object | `input`, `out_features`, `output`, `activation`, `bias` |
 //! | `attrs` of `add` | object | `a`, `b`, `output`, `activation` |
 //! | `attrs` of `quantize` / `global_avg_pool` | object | `input`, `qparams` / `output` |
@@ -107,6 +107,8 @@ enum FileAct {
     None,
     Relu,
     Relu6,
+    /// `{"clamp": [qmin, qmax]}`: explicit u8 output bounds (a narrowed fake-quant range).
+    Clamp([u8; 2]),
 }
 
 impl From<Activation> for FileAct {
@@ -115,6 +117,7 @@ impl From<Activation> for FileAct {
             Activation::None => FileAct::None,
             Activation::Relu => FileAct::Relu,
             Activation::Relu6 => FileAct::Relu6,
+            Activation::Clamp { qmin, qmax } => FileAct::Clamp([qmin, qmax]),
         }
     }
 }
@@ -125,6 +128,7 @@ impl From<FileAct> for Activation {
             FileAct::None => Activation::None,
             FileAct::Relu => Activation::Relu,
             FileAct::Relu6 => Activation::Relu6,
+            FileAct::Clamp([qmin, qmax]) => Activation::Clamp { qmin, qmax },
         }
     }
 }

@@ -1,0 +1,543 @@
+//! Per-node lowering: the integer form of each node of a [`QatGraph`], computed from the
+//! fake-quant modules' **current** qparams (nothing is re-observed) and the eval-mode
+//! (running-statistics) BatchNorm fold.
+//!
+//! This is what [`convert`](crate::convert()) hands to the runtime's builder, and what an
+//! integer-exact simulation of the QAT graph needs: the i8 weights, per-channel weight
+//! scales, the folded bias (f32 and i32), the u8 qparams of every input and of the output, and
+//! the clamp the requantization applies.
+//!
+//! # The u8 domain
+//!
+//! The runtime holds every quantized activation as u8. An activation fake-quant with an
+//! unsigned dtype maps as is; a signed one (`qint8`, `[-128, 127]` or narrower) is shifted by
+//! +128 (zero point and range alike), which represents the same real values. The fake-quant's
+//! range (`[0, 127]` under `reduce_range`) becomes [`ActQ::range`], and every op that
+//! produces a value clamps to it ([`Activation::Clamp`] when it is narrower than `[0, 255]`),
+//! so the int8 model saturates exactly where the fake-quant did.
+//!
+//! # BN folding (eval / frozen statistics)
+//!
+//! ```text
+//! sf[c]    = gamma[c] / sqrt(running_var[c] + eps)          (f32, the QAT forward's ops)
+//! w_q      = quantize(w · sf[c], weight_fake_quant qparams)  (integers of the fake-quant weight)
+//! bias[c]  = (beta[c] - running_mean[c] · sf[c]) + b[c] · sf[c]   (b = 0 without a conv bias)
+//! ```
+
+use candle_core::{DType, Tensor, Var};
+use qat_core::{QParams, QScheme};
+use qat_runtime::Activation;
+
+use crate::error::{GraphError, Result};
+use crate::ir::{Act, Conv2dCfg, LinearCfg, NodeId, Op};
+use crate::qat::{FqModule, QatGraph};
+
+/// A quantized activation value as the runtime holds it (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActQ {
+    /// Scale and zero point in the u8 domain (a signed dtype's zero point shifted by +128).
+    pub qparams: QParams,
+    /// The fake-quant's `[quant_min, quant_max]` in the u8 domain.
+    pub range: (i32, i32),
+}
+
+/// The weighted op of a [`LoweredWeighted`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WeightedKind {
+    /// Weight OIHW `[out][in / groups][kh][kw]`.
+    Conv2d(Conv2dCfg),
+    /// Weight `[out][in]`.
+    Linear(LinearCfg),
+}
+
+/// The integer form of a quantized Conv2d / Linear node (fused with BN and / or an
+/// activation or not).
+///
+/// The int8 model computes, per output channel `c` and output position,
+/// `acc = Σ (x_u8 - input.zero_point) · weight[c, ..] + bias_i32[c]` and then
+/// `requantize(acc, requant_multiplier(input.scale, weight_scales[c], output.scale),
+/// output.zero_point, clamp.0, clamp.1)` ([`qat_core::requantize`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoweredWeighted {
+    pub kind: WeightedKind,
+    /// The integer values of the weight fake-quant's output (BN folded in first): exactly
+    /// the weights the QAT forward convolves with, divided by their scale.
+    pub weight: Vec<i8>,
+    /// One per output channel (a per-tensor weight fake-quant's scale replicated).
+    pub weight_scales: Vec<f32>,
+    /// The folded float bias (`None`: no conv bias and no BN).
+    pub bias: Option<Vec<f32>>,
+    /// `bias` quantized at scale `input.scale · weight_scales[c]`, round half to even in
+    /// f64 (the runtime builder's rule for an f32 bias).
+    pub bias_i32: Option<Vec<i32>>,
+    /// The qparams of the value the node reads.
+    pub input: ActQ,
+    /// The node's `activation_post_process`.
+    pub output: ActQ,
+    /// The fused ReLU / ReLU6, if any.
+    pub act: Option<Act>,
+    /// The requantization bounds in the u8 domain: the activation's bounds intersected with
+    /// `output.range`.
+    pub clamp: (i32, i32),
+}
+
+/// The integer form of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lowered {
+    /// A quantized graph input: f32 quantized with `output` on entry.
+    Input { output: ActQ },
+    /// Conv2d / Linear (+BN, +ReLU / ReLU6).
+    Weighted(Box<LoweredWeighted>),
+    /// Quantized `a + b` (+ReLU / ReLU6), requantized to `output` and clamped to `clamp`.
+    Add {
+        a: ActQ,
+        b: ActQ,
+        output: ActQ,
+        act: Option<Act>,
+        clamp: (i32, i32),
+    },
+    /// Global average pool; the output keeps the input's qparams (the QAT graph puts no
+    /// fake-quant after it).
+    GlobalAvgPool { input: ActQ },
+    /// A ReLU / ReLU6 standing alone after a quantized value: a clamp of that value to
+    /// `clamp` (u8), qparams unchanged.
+    Clamp {
+        input: ActQ,
+        act: Act,
+        clamp: (i32, i32),
+    },
+    /// Flatten / Dropout / Identity on a quantized value: the value itself.
+    PassThrough { input: ActQ },
+    /// A node the QConfig left in float. `quant_stub`: the qparams of its value where it
+    /// enters quantized consumers (its `activation_post_process`), if any.
+    Float { quant_stub: Option<ActQ> },
+}
+
+impl ActQ {
+    /// The runtime activation for an output with these qparams and a fused `act`: the plain
+    /// variant when the range is the full `[0, 255]`, else an explicit [`Activation::Clamp`].
+    pub fn activation(&self, act: Option<Act>) -> Activation {
+        let base = runtime_act(act);
+        if self.range == (0, 255) {
+            base
+        } else {
+            let (lo, hi) = self.clamp_for(act);
+            Activation::Clamp {
+                qmin: lo as u8,
+                qmax: hi as u8,
+            }
+        }
+    }
+
+    /// The u8 bounds of an output with these qparams after `act`, within `range`.
+    pub fn clamp_for(&self, act: Option<Act>) -> (i32, i32) {
+        let (lo, hi) = runtime_act(act).bounds(self.qparams);
+        let (lo, hi) = (lo.max(self.range.0), hi.min(self.range.1));
+        (lo, hi.max(lo))
+    }
+}
+
+fn runtime_act(act: Option<Act>) -> Activation {
+    match act {
+        None => Activation::None,
+        Some(Act::ReLU) => Activation::Relu,
+        Some(Act::ReLU6) => Activation::Relu6,
+    }
+}
+
+/// `Err` unless every observer of `fq` has seen data (finite, non-empty `min_val` /
+/// `max_val`) and its qparams are usable.
+pub fn check_fake_quant(fq: &FqModule) -> Result<()> {
+    let err = |m: String| GraphError::node(fq.name(), m);
+    for (k, t) in fq.state()? {
+        if !(k.ends_with(".min_val") || k.ends_with(".max_val")) {
+            continue;
+        }
+        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if v.is_empty() || v.iter().any(|x| !x.is_finite()) {
+            return Err(err(format!(
+                "the observer never saw data ({} = {v:?}): train or calibrate before convert",
+                k.rsplit('.').next().unwrap_or(&k)
+            )));
+        }
+    }
+    let (scales, zps) = fq.qparams()?;
+    if scales.is_empty() || scales.len() != zps.len() {
+        return Err(err(format!(
+            "{} scales and {} zero points",
+            scales.len(),
+            zps.len()
+        )));
+    }
+    if let Some((i, s)) = scales
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(s.is_finite() && **s > 0.0))
+    {
+        return Err(err(format!("scale [{i}] = {s} must be finite and > 0")));
+    }
+    let (lo, hi) = fq.spec().dtype.range();
+    if let Some((i, z)) = zps
+        .iter()
+        .enumerate()
+        .find(|(_, z)| !(lo..=hi).contains(*z))
+    {
+        return Err(err(format!(
+            "zero point [{i}] = {z} is outside the dtype range [{lo}, {hi}]"
+        )));
+    }
+    Ok(())
+}
+
+/// The [`ActQ`] of an activation fake-quant module (per-tensor only).
+pub fn act_q(fq: &FqModule) -> Result<ActQ> {
+    check_fake_quant(fq)?;
+    let spec = fq.spec();
+    if spec.scheme.is_per_channel() {
+        return Err(GraphError::node(
+            fq.name(),
+            "per-channel activation quantization has no int8 form (the runtime holds one scale per value)",
+        ));
+    }
+    let (s, z) = fq.qparams()?;
+    let shift = if spec.dtype.is_unsigned() { 0 } else { 128 };
+    let (lo, hi) = spec.dtype.range();
+    if lo + shift < 0 || hi + shift > 255 {
+        return Err(GraphError::node(
+            fq.name(),
+            format!("activation range [{lo}, {hi}] does not fit u8"),
+        ));
+    }
+    Ok(ActQ {
+        qparams: QParams {
+            scale: s[0],
+            zero_point: z[0] + shift,
+        },
+        range: (lo + shift, hi + shift),
+    })
+}
+
+/// Ops that pass a quantized value through unchanged in qparams (no fake-quant after them).
+fn passes_through(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::ReLU
+            | Op::ReLU6
+            | Op::GlobalAvgPool
+            | Op::AvgPool2d(_)
+            | Op::MaxPool2d(_)
+            | Op::Flatten
+            | Op::Dropout { .. }
+            | Op::Identity
+    )
+}
+
+/// The qparams of the value node `id` hands to its quantized consumers: its
+/// `activation_post_process` (output fake-quant or quant stub), or, for ops that keep their
+/// input's qparams (ReLU, pools, Flatten, Dropout, Identity), their input's.
+pub fn value_q(qat: &QatGraph, id: NodeId) -> Result<ActQ> {
+    let g = qat.graph();
+    let mut cur = id;
+    loop {
+        let node = g.node(cur);
+        let q = &qat.nodes()[cur.0];
+        if let Some(fq) = &q.output_fq {
+            return act_q(fq);
+        }
+        if q.config.is_some() && passes_through(&node.op) {
+            cur = node.inputs[0];
+            continue;
+        }
+        return Err(GraphError::node(
+            &node.name,
+            format!(
+                "{} produces no quantized value (no activation_post_process)",
+                node.op.type_name()
+            ),
+        ));
+    }
+}
+
+fn var(qat: &QatGraph, name: &str) -> Result<Var> {
+    let vars = qat
+        .module()
+        .varmap()
+        .data()
+        .lock()
+        .map_err(|_| GraphError::Graph("VarMap lock poisoned".into()))?;
+    vars.get(name)
+        .cloned()
+        .ok_or_else(|| GraphError::node(name, "parameter missing from the VarMap"))
+}
+
+fn finite(name: &str, what: &str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(GraphError::node(
+            name,
+            format!("{what} [{i}] = {} is not finite", v[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+}
+
+/// Lower a quantized Conv2d / Linear node (see [`LoweredWeighted`]).
+fn lower_weighted(qat: &QatGraph, id: NodeId) -> Result<LoweredWeighted> {
+    let g = qat.graph();
+    let node = g.node(id);
+    let q = &qat.nodes()[id.0];
+    let name = node.name.as_str();
+    let (kind, bn, act, has_bias) = match &node.op {
+        Op::Conv2d(c) => (WeightedKind::Conv2d(*c), None, None, c.bias),
+        Op::ConvAct { conv, act } => (WeightedKind::Conv2d(*conv), None, Some(*act), conv.bias),
+        Op::ConvBn { conv, bn, act } => (WeightedKind::Conv2d(*conv), Some(bn), *act, conv.bias),
+        Op::Linear(l) => (WeightedKind::Linear(*l), None, None, l.bias),
+        Op::LinearAct { linear, act } => {
+            (WeightedKind::Linear(*linear), None, Some(*act), linear.bias)
+        }
+        Op::LinearBn { linear, bn } => (WeightedKind::Linear(*linear), Some(bn), None, linear.bias),
+        op => {
+            return Err(GraphError::node(
+                name,
+                format!("{} is not a weighted op", op.type_name()),
+            ))
+        }
+    };
+    let oc = match kind {
+        WeightedKind::Conv2d(c) => c.out_channels,
+        WeightedKind::Linear(l) => l.out_features,
+    };
+    let wfq = q.weight_fq.as_ref().ok_or_else(|| {
+        GraphError::node(name, "quantized weighted node without a weight_fake_quant")
+    })?;
+    check_fake_quant(wfq)?;
+    let out_fq = q.output_fq.as_ref().ok_or_else(|| {
+        GraphError::node(name, "quantized node without an activation_post_process")
+    })?;
+    let output = act_q(out_fq)?;
+    let input = value_q(qat, node.inputs[0])?;
+
+    let w = var(qat, &format!("{name}.weight"))?;
+    let w = w.as_tensor();
+    finite(name, "weight", &to_vec(w)?)?;
+    let b = if has_bias {
+        let b = to_vec(var(qat, &format!("{name}.bias"))?.as_tensor())?;
+        finite(name, "bias", &b)?;
+        Some(b)
+    } else {
+        None
+    };
+
+    // The same tensor ops as `folded_bn_forward`, so the weight fed to the fake-quant is
+    // bit-identical to the one the QAT forward quantizes.
+    let (scaled, bias) = match bn {
+        None => (w.clone(), b),
+        Some(bn) => {
+            let get = |s: &str| var(qat, &format!("{}.{s}", bn.name));
+            let (gamma, beta) = (get("weight")?, get("bias")?);
+            let (mean, rvar) = (get("running_mean")?, get("running_var")?);
+            for (what, v) in [
+                ("BN weight", &gamma),
+                ("BN bias", &beta),
+                ("BN running_mean", &mean),
+                ("BN running_var", &rvar),
+            ] {
+                finite(&bn.name, what, &to_vec(v.as_tensor())?)?;
+            }
+            let running_std = (rvar.as_detached_tensor() + bn.cfg.eps)?.sqrt()?;
+            let sf = gamma.as_tensor().div(&running_std)?;
+            let mut wshape = vec![1; w.rank()];
+            wshape[0] = oc;
+            let scaled = w.broadcast_mul(&sf.reshape(wshape.as_slice())?)?;
+            let sf_v = to_vec(&sf)?;
+            finite(&bn.name, "gamma / sqrt(running_var + eps)", &sf_v)?;
+            let (beta, mean) = (to_vec(beta.as_tensor())?, to_vec(mean.as_tensor())?);
+            let bias: Vec<f32> = (0..oc)
+                .map(|c| {
+                    let shift = beta[c] - mean[c] * sf_v[c];
+                    match &b {
+                        Some(b) => shift + b[c] * sf_v[c],
+                        None => shift,
+                    }
+                })
+                .collect();
+            (scaled, Some(bias))
+        }
+    };
+    let scaled = to_vec(&scaled)?;
+    finite(name, "folded weight", &scaled)?;
+
+    let spec = wfq.spec();
+    let (scales, zps) = wfq.qparams()?;
+    let per_channel = matches!(
+        spec.scheme,
+        QScheme::PerChannelAffine { .. } | QScheme::PerChannelSymmetric { .. }
+    );
+    if per_channel && scales.len() != oc {
+        return Err(GraphError::node(
+            wfq.name(),
+            format!("{} scales for {oc} output channels", scales.len()),
+        ));
+    }
+    let pick = |c: usize| if per_channel { c } else { 0 };
+    if let Some(c) = (0..oc).find(|&c| zps[pick(c)] != 0) {
+        return Err(GraphError::node(
+            wfq.name(),
+            format!(
+                "weight zero point [{c}] = {} ({:?}): int8 weights are symmetric (zero point 0)",
+                zps[pick(c)],
+                spec.scheme
+            ),
+        ));
+    }
+    let (wlo, whi) = spec.dtype.range();
+    if wlo < -128 || whi > 127 {
+        return Err(GraphError::node(
+            wfq.name(),
+            format!("weight range [{wlo}, {whi}] does not fit i8"),
+        ));
+    }
+    let per_oc = scaled.len() / oc;
+    let weight: Vec<i8> = scaled
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let s = scales[pick(i / per_oc)];
+            qat_core::quantize_with_inv(x, qat_core::inv_scale(s), 0, wlo, whi) as i8
+        })
+        .collect();
+    let weight_scales: Vec<f32> = (0..oc).map(|c| scales[pick(c)]).collect();
+
+    let bias_i32 = match &bias {
+        None => None,
+        Some(bias) => {
+            finite(name, "folded bias", bias)?;
+            let mut out = Vec::with_capacity(oc);
+            for (c, (&bv, &ws)) in bias.iter().zip(&weight_scales).enumerate() {
+                let v = (bv as f64 / (input.qparams.scale as f64 * ws as f64)).round_ties_even();
+                if !(v >= i32::MIN as f64 && v <= i32::MAX as f64) {
+                    return Err(GraphError::node(
+                        name,
+                        format!(
+                            "bias [{c}] = {bv} does not fit i32 at scale in·w = {}·{ws}",
+                            input.qparams.scale
+                        ),
+                    ));
+                }
+                out.push(v as i32);
+            }
+            Some(out)
+        }
+    };
+    let clamp = output.clamp_for(act);
+    Ok(LoweredWeighted {
+        kind,
+        weight,
+        weight_scales,
+        bias,
+        bias_i32,
+        input,
+        output,
+        act,
+        clamp,
+    })
+}
+
+/// The integer form of node `id` (see [`Lowered`]). `Err`, naming the node (or its
+/// fake-quant module), for an op with no int8 form (MaxPool, AvgPool2d, Concat, BatchNorm or
+/// Hardswish left quantized, ...), an observer that never saw data, non-finite weights or BN
+/// statistics, bad scales, or weights that are not symmetric.
+pub fn lower_node(qat: &QatGraph, id: NodeId) -> Result<Lowered> {
+    let g = qat.graph();
+    if id.0 >= g.len() {
+        return Err(GraphError::Graph(format!(
+            "node #{} does not exist (graph has {} nodes)",
+            id.0,
+            g.len()
+        )));
+    }
+    let node = g.node(id);
+    let q = &qat.nodes()[id.0];
+    if q.config.is_none() {
+        let quant_stub = match &q.output_fq {
+            Some(fq) => Some(act_q(fq)?),
+            None => None,
+        };
+        return Ok(Lowered::Float { quant_stub });
+    }
+    let unsupported = || {
+        Err(GraphError::node(
+            &node.name,
+            format!(
+                "{} has no int8 form in the runtime (leave it in float with a QConfig override)",
+                node.op.type_name()
+            ),
+        ))
+    };
+    Ok(match &node.op {
+        Op::Input { .. } => {
+            let fq = q.output_fq.as_ref().ok_or_else(|| {
+                GraphError::node(
+                    &node.name,
+                    "quantized input without an activation_post_process",
+                )
+            })?;
+            Lowered::Input { output: act_q(fq)? }
+        }
+        Op::Conv2d(_)
+        | Op::ConvAct { .. }
+        | Op::ConvBn { .. }
+        | Op::Linear(_)
+        | Op::LinearAct { .. }
+        | Op::LinearBn { .. } => Lowered::Weighted(Box::new(lower_weighted(qat, id)?)),
+        Op::Add | Op::AddAct { .. } => {
+            let act = match &node.op {
+                Op::AddAct { act } => Some(*act),
+                _ => None,
+            };
+            let fq = q.output_fq.as_ref().ok_or_else(|| {
+                GraphError::node(
+                    &node.name,
+                    "quantized add without an activation_post_process",
+                )
+            })?;
+            let output = act_q(fq)?;
+            Lowered::Add {
+                a: value_q(qat, node.inputs[0])?,
+                b: value_q(qat, node.inputs[1])?,
+                output,
+                act,
+                clamp: output.clamp_for(act),
+            }
+        }
+        Op::GlobalAvgPool => Lowered::GlobalAvgPool {
+            input: value_q(qat, node.inputs[0])?,
+        },
+        Op::ReLU | Op::ReLU6 => {
+            let act = if node.op == Op::ReLU {
+                Act::ReLU
+            } else {
+                Act::ReLU6
+            };
+            let input = value_q(qat, node.inputs[0])?;
+            Lowered::Clamp {
+                input,
+                act,
+                clamp: input.clamp_for(Some(act)),
+            }
+        }
+        Op::Flatten | Op::Dropout { .. } | Op::Identity => Lowered::PassThrough {
+            input: value_q(qat, node.inputs[0])?,
+        },
+        Op::BatchNorm2d(_)
+        | Op::BatchNorm1d(_)
+        | Op::BnAct { .. }
+        | Op::Hardswish
+        | Op::Concat { .. }
+        | Op::AvgPool2d(_)
+        | Op::MaxPool2d(_) => return unsupported(),
+    })
+}

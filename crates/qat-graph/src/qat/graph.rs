@@ -519,7 +519,7 @@ impl QatGraph {
     }
 
     /// A quantized conv / linear node: weight fake-quant inside, BN folded PyTorch's way.
-    fn qat_node(&self, i: usize, ins: &[&Tensor], train: bool) -> Result<Tensor> {
+    pub(crate) fn qat_node(&self, i: usize, ins: &[&Tensor], train: bool) -> Result<Tensor> {
         let node = &self.graph().nodes()[i];
         let q = &self.nodes[i];
         let path = self.module.ops_path();

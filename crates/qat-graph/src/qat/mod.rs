@@ -5,6 +5,7 @@
 pub mod fold;
 pub mod fq;
 mod graph;
+mod traced;
 
 pub use fold::{batch_norm, folded_bn_forward, BnStats, BnVars};
 pub use fq::FqModule;

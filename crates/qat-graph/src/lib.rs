@@ -2,6 +2,7 @@
 
 pub mod ops;
 
+pub mod compare;
 pub mod convert;
 pub mod error;
 pub mod exec;

@@ -6,7 +6,9 @@ pub mod fold;
 pub mod fq;
 mod graph;
 mod traced;
+pub mod int_exact;
 
 pub use fold::{batch_norm, folded_bn_forward, BnStats, BnVars};
 pub use fq::FqModule;
 pub use graph::{Boundary, QatGraph, QatNode};
+pub use int_exact::{IntData, IntExactPlan, IntValue};

@@ -33,5 +33,6 @@ pub mod prelude {
         fuse, prepare, prepare_qat, prepare_qat_module, CosineWarmup, Graph, GraphModule, QConfig,
         QatGraph, Sgd, SgdConfig,
     };
+    pub use qat_graph::{convert, convert_with, RunTensor};
     pub use qat_runtime::{ModelBuilder, QuantizedModel};
 }

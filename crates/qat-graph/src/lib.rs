@@ -19,6 +19,7 @@ pub mod schedule;
 mod shape;
 mod state_dict;
 
+pub use convert::{convert, convert_with, RunTensor};
 pub use error::{GraphError, Result};
 pub use exec::GraphModule;
 pub use fuse::fuse;

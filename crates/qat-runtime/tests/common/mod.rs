@@ -83,6 +83,7 @@ fn bounds(out: QParams, act: Activation) -> (i32, i32) {
             let six = qat_core::quantize(6.0, out, QDType::quint8());
             (out.zero_point, six.max(out.zero_point))
         }
+        Activation::Clamp { qmin, qmax } => (qmin as i32, qmax as i32),
     }
 }
 

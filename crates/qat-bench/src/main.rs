@@ -17,6 +17,7 @@ mod json;
 mod model;
 mod peak;
 mod timing;
+mod train_step;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -38,6 +39,8 @@ enum Command {
     Model(model::Args),
     /// Depthwise 3×3 throughput on MobileNetV2's layers; candle f32 as the yardstick.
     Dwconv(dwconv::Args),
+    /// MobileNetV2 training step (fp32 / QAT) in ms: forward, backward, SGD.
+    TrainStep(train_step::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Gemm(args) => gemm::run(&args),
         Command::Model(args) => model::run(&args),
         Command::Dwconv(args) => dwconv::run(&args),
+        Command::TrainStep(args) => train_step::run(&args),
     }
 }

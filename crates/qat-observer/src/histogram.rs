@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 use qat_core::{choose_qparams, QDType, QScheme, TensorQParams};
 
+use crate::forward::{forward_config, forward_histogram};
 use crate::running_hist::{sum_f32, RunningHistogram};
 use crate::state::State;
 use crate::{data, stats, Observer, ObserverConfig, ObserverError, Result};
@@ -110,51 +111,8 @@ impl HistogramObserver {
 }
 
 impl Observer for HistogramObserver {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn observe(&mut self, x: &Tensor) -> Result<()> {
-        observe_into(Self::NAME, &mut self.hist, x)
-    }
-
-    fn qparams(&self) -> Result<TensorQParams> {
-        let (lo, hi) = self
-            .search_range()
-            .unwrap_or((f32::INFINITY, f32::NEG_INFINITY));
-        let q = choose_qparams(
-            lo,
-            hi,
-            self.config.dtype,
-            self.config.scheme.is_symmetric(),
-            self.config.eps,
-        )?;
-        Ok(TensorQParams::per_tensor(
-            self.config.dtype,
-            self.config.scheme,
-            q,
-        ))
-    }
-
-    fn reset(&mut self) {
-        self.hist.reset();
-    }
-
-    fn state(&self) -> Result<State> {
-        self.hist.state()
-    }
-
-    fn load_state(&mut self, state: &State) -> Result<()> {
-        self.hist.load(Self::NAME, state)
-    }
-
-    fn dtype(&self) -> QDType {
-        self.config.dtype
-    }
-
-    fn scheme(&self) -> QScheme {
-        self.config.scheme
-    }
+    forward_config!();
+    forward_histogram!(search_range);
 }
 
 /// `torch.div(a, b, rounding_mode="floor")` for f32 (ATen's `div_floor_floating`).

@@ -25,6 +25,7 @@ pub use qat_core::{QDType, QParams, QScheme, TensorQParams};
 mod config;
 mod data;
 mod error;
+mod forward;
 mod histogram;
 mod minmax;
 mod per_channel;

@@ -4,6 +4,7 @@ use candle_core::Tensor;
 use qat_core::{choose_qparams, QDType, QScheme, TensorQParams};
 
 use crate::config::check_averaging_constant;
+use crate::forward::{forward_config, forward_range};
 use crate::state::{self, State};
 use crate::{data, stats, Observer, ObserverConfig, ObserverError, Result};
 
@@ -12,6 +13,12 @@ use crate::{data, stats, Observer, ObserverConfig, ObserverError, Result};
 struct Range {
     min: f32,
     max: f32,
+}
+
+impl Default for Range {
+    fn default() -> Self {
+        Range::EMPTY
+    }
 }
 
 impl Range {
@@ -108,40 +115,14 @@ impl MinMaxObserver {
 }
 
 impl Observer for MinMaxObserver {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    forward_config!();
+    forward_range!(range: Range);
 
     fn observe(&mut self, x: &Tensor) -> Result<()> {
         let b = batch_range(Self::NAME, x)?;
         self.range.min = self.range.min.min(b.min);
         self.range.max = self.range.max.max(b.max);
         Ok(())
-    }
-
-    fn qparams(&self) -> Result<TensorQParams> {
-        self.range.qparams(&self.config)
-    }
-
-    fn reset(&mut self) {
-        self.range = Range::EMPTY;
-    }
-
-    fn state(&self) -> Result<State> {
-        self.range.state()
-    }
-
-    fn load_state(&mut self, state: &State) -> Result<()> {
-        self.range = Range::load(Self::NAME, state)?;
-        Ok(())
-    }
-
-    fn dtype(&self) -> QDType {
-        self.config.dtype
-    }
-
-    fn scheme(&self) -> QScheme {
-        self.config.scheme
     }
 }
 
@@ -194,9 +175,8 @@ impl MovingAverageMinMaxObserver {
 }
 
 impl Observer for MovingAverageMinMaxObserver {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    forward_config!();
+    forward_range!(range: Range);
 
     fn observe(&mut self, x: &Tensor) -> Result<()> {
         let b = batch_range(Self::NAME, x)?;
@@ -208,30 +188,5 @@ impl Observer for MovingAverageMinMaxObserver {
             self.range.max += c * (b.max - self.range.max);
         }
         Ok(())
-    }
-
-    fn qparams(&self) -> Result<TensorQParams> {
-        self.range.qparams(&self.config)
-    }
-
-    fn reset(&mut self) {
-        self.range = Range::EMPTY;
-    }
-
-    fn state(&self) -> Result<State> {
-        self.range.state()
-    }
-
-    fn load_state(&mut self, state: &State) -> Result<()> {
-        self.range = Range::load(Self::NAME, state)?;
-        Ok(())
-    }
-
-    fn dtype(&self) -> QDType {
-        self.config.dtype
-    }
-
-    fn scheme(&self) -> QScheme {
-        self.config.scheme
     }
 }

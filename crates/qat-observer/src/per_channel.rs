@@ -4,6 +4,7 @@ use candle_core::Tensor;
 use qat_core::{choose_qparams_per_channel, QDType, QScheme, TensorQParams};
 
 use crate::config::check_averaging_constant;
+use crate::forward::{forward_config, forward_range};
 use crate::state::{self, State};
 use crate::{data, stats, Observer, ObserverConfig, ObserverError, Result};
 
@@ -156,9 +157,8 @@ impl PerChannelMinMaxObserver {
 }
 
 impl Observer for PerChannelMinMaxObserver {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    forward_config!();
+    forward_range!(ranges: Ranges);
 
     fn observe(&mut self, x: &Tensor) -> Result<()> {
         let axis = axis_of(&self.config);
@@ -174,31 +174,6 @@ impl Observer for PerChannelMinMaxObserver {
             }
         }
         Ok(())
-    }
-
-    fn qparams(&self) -> Result<TensorQParams> {
-        self.ranges.qparams(&self.config)
-    }
-
-    fn reset(&mut self) {
-        self.ranges = Ranges::default();
-    }
-
-    fn state(&self) -> Result<State> {
-        self.ranges.state()
-    }
-
-    fn load_state(&mut self, state: &State) -> Result<()> {
-        self.ranges = Ranges::load(Self::NAME, state)?;
-        Ok(())
-    }
-
-    fn dtype(&self) -> QDType {
-        self.config.dtype
-    }
-
-    fn scheme(&self) -> QScheme {
-        self.config.scheme
     }
 }
 
@@ -252,9 +227,8 @@ impl MovingAveragePerChannelMinMaxObserver {
 }
 
 impl Observer for MovingAveragePerChannelMinMaxObserver {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
+    forward_config!();
+    forward_range!(ranges: Ranges);
 
     fn observe(&mut self, x: &Tensor) -> Result<()> {
         let axis = axis_of(&self.config);
@@ -271,30 +245,5 @@ impl Observer for MovingAveragePerChannelMinMaxObserver {
             }
         }
         Ok(())
-    }
-
-    fn qparams(&self) -> Result<TensorQParams> {
-        self.ranges.qparams(&self.config)
-    }
-
-    fn reset(&mut self) {
-        self.ranges = Ranges::default();
-    }
-
-    fn state(&self) -> Result<State> {
-        self.ranges.state()
-    }
-
-    fn load_state(&mut self, state: &State) -> Result<()> {
-        self.ranges = Ranges::load(Self::NAME, state)?;
-        Ok(())
-    }
-
-    fn dtype(&self) -> QDType {
-        self.config.dtype
-    }
-
-    fn scheme(&self) -> QScheme {
-        self.config.scheme
     }
 }

@@ -3,7 +3,8 @@
 use candle_core::Tensor;
 use qat_core::{choose_qparams, QDType, QScheme, TensorQParams};
 
-use crate::histogram::{check_bins, observe_into};
+use crate::forward::{forward_config, forward_histogram};
+use crate::histogram::check_bins;
 use crate::running_hist::RunningHistogram;
 use crate::state::State;
 use crate::{Observer, ObserverConfig, ObserverError, Result};
@@ -109,47 +110,6 @@ impl PercentileObserver {
 }
 
 impl Observer for PercentileObserver {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn observe(&mut self, x: &Tensor) -> Result<()> {
-        observe_into(Self::NAME, &mut self.hist, x)
-    }
-
-    fn qparams(&self) -> Result<TensorQParams> {
-        let (lo, hi) = self.range().unwrap_or((f32::INFINITY, f32::NEG_INFINITY));
-        let q = choose_qparams(
-            lo,
-            hi,
-            self.config.dtype,
-            self.config.scheme.is_symmetric(),
-            self.config.eps,
-        )?;
-        Ok(TensorQParams::per_tensor(
-            self.config.dtype,
-            self.config.scheme,
-            q,
-        ))
-    }
-
-    fn reset(&mut self) {
-        self.hist.reset();
-    }
-
-    fn state(&self) -> Result<State> {
-        self.hist.state()
-    }
-
-    fn load_state(&mut self, state: &State) -> Result<()> {
-        self.hist.load(Self::NAME, state)
-    }
-
-    fn dtype(&self) -> QDType {
-        self.config.dtype
-    }
-
-    fn scheme(&self) -> QScheme {
-        self.config.scheme
-    }
+    forward_config!();
+    forward_histogram!(range);
 }

@@ -72,6 +72,25 @@ fn requants(in_s: f32, scales: &[f32], out: QParams, act: qat_kernels::Activatio
         .collect()
 }
 
+/// Kernel scratch (batch-independent) a step needs: depthwise bytes, pool i32 sums.
+pub(crate) fn kernel_scratch(
+    name: &str,
+    k: &Kernel,
+    in_shape: Shape,
+    isa: Isa,
+    threads: usize,
+) -> Result<(usize, usize)> {
+    Ok(match k {
+        Kernel::Depthwise(dw) => (
+            dw.scratch_len(in_shape.h, in_shape.w, isa, threads)
+                .map_err(kernel_err(name))?,
+            0,
+        ),
+        Kernel::Pool { .. } => (0, elementwise::pool_scratch_len(in_shape.c, threads)),
+        _ => (0, 0),
+    })
+}
+
 /// Elements per sample of the im2col matrix this conv needs (0 when it needs none).
 pub(crate) fn cols_per_sample(k: &Kernel, out_shape: Shape) -> usize {
     match k {
@@ -220,6 +239,10 @@ pub(crate) struct StepCtx<'a> {
     pub isa: Isa,
     pub threads: usize,
     pub cols: &'a mut Vec<u8>,
+    /// Depthwise scratch (sized by [`kernel_scratch`]).
+    pub dw_scratch: &'a mut [u8],
+    /// Pool channel sums (sized by [`kernel_scratch`]).
+    pub pool_sums: &'a mut [i32],
 }
 
 /// Run one step.
@@ -239,7 +262,8 @@ pub(crate) fn run_step(cx: StepCtx<'_>, io: Io<'_>) -> Result<()> {
             Ok(())
         }
         (Kernel::Depthwise(dw), Io::U8ToU8(x, None, y)) => {
-            dw.run(x, batch, s.h, s.w, y, isa, threads).map_err(ke)?;
+            dw.run_with_scratch(x, batch, s.h, s.w, y, isa, threads, cx.dw_scratch)
+                .map_err(ke)?;
             Ok(())
         }
         (
@@ -279,8 +303,20 @@ pub(crate) fn run_step(cx: StepCtx<'_>, io: Io<'_>) -> Result<()> {
             Ok(())
         }
         (Kernel::Pool { input, output }, Io::U8ToU8(x, None, y)) => {
-            elementwise::global_avg_pool(x, batch, s.h, s.w, s.c, *input, *output, y, isa, threads)
-                .map_err(ke)?;
+            elementwise::global_avg_pool_with_scratch(
+                x,
+                batch,
+                s.h,
+                s.w,
+                s.c,
+                *input,
+                *output,
+                y,
+                isa,
+                threads,
+                cx.pool_sums,
+            )
+            .map_err(ke)?;
             Ok(())
         }
         (Kernel::FloatMatrix, Io::F32ToF32(x, None, y)) => {

@@ -103,6 +103,8 @@ impl QuantizedModel {
         let mut types = vec![ValueType::U8(spec.input.qparams)];
         let mut steps = Vec::with_capacity(spec.nodes.len());
         let mut cols = 0usize;
+        let threads = options.threads.max(1);
+        let (mut dw_scratch, mut pool_sums) = (0usize, 0usize);
         for (i, node) in spec.nodes.iter().enumerate() {
             let inputs = node
                 .op
@@ -133,6 +135,9 @@ impl QuantizedModel {
                 ));
             }
             cols = cols.max(c);
+            let (d, p) = exec::kernel_scratch(&node.name, &kernel, in_shape, isa, threads)?;
+            dw_scratch = dw_scratch.max(d);
+            pool_sums = pool_sums.max(p);
             if ids.insert(node.name.as_str(), i + 1).is_some() {
                 return Err(op_err(&node.name, "duplicate value name"));
             }
@@ -149,8 +154,9 @@ impl QuantizedModel {
             .ok_or_else(|| RuntimeError::Model(format!("output `{}` undefined", spec.output)))?;
         let inputs: Vec<Vec<usize>> = steps.iter().map(|s| s.inputs.clone()).collect();
         let in_elems = spec.input.shape.numel().unwrap_or(0);
-        let plan = Plan::new(in_elems, &spec.nodes, &inputs, output, cols);
-        let threads = options.threads.max(1);
+        let mut plan = Plan::new(in_elems, &spec.nodes, &inputs, output, cols);
+        plan.dw_scratch = dw_scratch;
+        plan.pool_sums = pool_sums;
         let pool = if threads > 1 {
             Some(
                 rayon::ThreadPoolBuilder::new()
@@ -224,7 +230,10 @@ impl QuantizedModel {
             .zip(&self.steps)
             .map(|(n, s)| {
                 let k = match &s.kernel {
-                    Kernel::Depthwise(dw) => format!("dwconv_{}", dw.kernel_isa(self.isa)),
+                    Kernel::Depthwise(dw) => match dw.kernel_name(self.isa, s.in_shape.w) {
+                        Ok(k) => format!("dwconv_{k}"),
+                        Err(_) => format!("dwconv_{}", dw.kernel_isa(self.isa)),
+                    },
                     Kernel::ConvGemm { gemms, direct, .. } => format!(
                         "{}{}",
                         if *direct { "1x1+" } else { "im2col+" },
@@ -408,6 +417,8 @@ impl QuantizedModel {
                 isa: self.isa,
                 threads,
                 cols: &mut arena.cols,
+                dw_scratch: &mut arena.dw_scratch,
+                pool_sums: &mut arena.pool_sums,
             };
             if matches!(step.kernel, Kernel::Flatten) {
                 exec::run_step(cx, Io::None)?;

@@ -28,6 +28,10 @@ pub(crate) struct Plan {
     pub cols: usize,
     /// Elements per sample of the model input (the NCHW → NHWC staging buffer).
     pub input: usize,
+    /// Kernel scratch, the same for every batch size: depthwise bytes, pool i32 sums (the
+    /// largest over the steps).
+    pub dw_scratch: usize,
+    pub pool_sums: usize,
 }
 
 fn kind(ty: ValueType) -> Kind {
@@ -120,6 +124,8 @@ impl Plan {
             f32_sizes,
             cols,
             input: input_elems,
+            dw_scratch: 0,
+            pool_sums: 0,
         }
     }
 }
@@ -132,6 +138,8 @@ pub(crate) struct Arena {
     pub f32: Vec<Vec<f32>>,
     pub cols: Vec<u8>,
     pub staging: Vec<u8>,
+    pub dw_scratch: Vec<u8>,
+    pub pool_sums: Vec<i32>,
 }
 
 fn sized<T: Clone + Default>(per_sample: usize, batch: usize) -> Result<Vec<T>> {
@@ -166,6 +174,8 @@ impl Arena {
                 .collect::<Result<_>>()?,
             cols: sized(plan.cols, batch)?,
             staging: sized(plan.input, batch)?,
+            dw_scratch: sized(plan.dw_scratch, 1)?,
+            pool_sums: sized(plan.pool_sums, 1)?,
         })
     }
 
@@ -175,5 +185,7 @@ impl Arena {
             + 4 * self.f32.iter().map(Vec::len).sum::<usize>()
             + self.cols.len()
             + self.staging.len()
+            + self.dw_scratch.len()
+            + 4 * self.pool_sums.len()
     }
 }

@@ -45,6 +45,8 @@ pub mod shapes;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
+mod x86_64_dw3x3;
+#[cfg(target_arch = "x86_64")]
 mod x86_64_quad;
 
 use crate::conv::Conv2dGeometry;
@@ -79,6 +81,43 @@ pub struct DwConv {
     qmax: i32,
     /// `zp_in` repeated over the padded channel count: what a padded tap reads.
     zero_row: Vec<u8>,
+    /// The AVX-512 3×3 kernel's weights, biases and multipliers in its permuted channel order
+    /// (see `x86_64_dw3x3`; empty when the geometry does not suit it).
+    dw3x3_weights: Vec<u8>,
+    dw3x3_bias: Vec<i32>,
+    dw3x3_mult: Vec<f32>,
+}
+
+/// Which kernel runs a call (see [`DwConv::kernel_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Scalar,
+    /// A row kernel with a per-row indirection buffer.
+    Rows(Isa),
+    /// AVX-512 quad rows (`x86_64_quad`).
+    Quad,
+    /// AVX-512 3×3 over 64-channel blocks (`x86_64_dw3x3`).
+    Dw3x3,
+}
+
+/// Input rows a quad-kernel ring may span (its row tags live on the stack).
+const MAX_QUAD_SPAN: usize = 8;
+
+/// Fewest channels for which the 64-channel 3×3 kernel beats the 16-channel quad kernel
+/// (a block of 64 costs the same however many channels are valid).
+const DW3X3_MIN_CHANNELS: usize = 32;
+
+/// Scratch regions start on a cache line.
+const SCRATCH_ALIGN: usize = 64;
+
+/// Bands a multi-threaded call splits its output rows into: two per thread balance uneven
+/// bands without losing the row caches' reuse.
+fn bands(threads: usize) -> usize {
+    if threads <= 1 {
+        1
+    } else {
+        2 * threads
+    }
 }
 
 /// Everything a row kernel needs, borrowed from [`DwConv`].
@@ -153,6 +192,22 @@ impl DwConv {
             multiplier[c] = m;
         }
         let (qmin, qmax) = activation.bounds(output);
+        let dw3x3 = Self::dw3x3_geometry(&geometry);
+        #[cfg(target_arch = "x86_64")]
+        let (dw3x3_weights, dw3x3_bias, dw3x3_mult) = if dw3x3 {
+            (
+                x86_64_dw3x3::pack_weights(weights, channels),
+                x86_64_dw3x3::permute(&packed_bias, channels, 0),
+                x86_64_dw3x3::permute(&multiplier, channels, 0.0),
+            )
+        } else {
+            (Vec::new(), Vec::new(), Vec::new())
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let (dw3x3_weights, dw3x3_bias, dw3x3_mult) = {
+            let _ = dw3x3;
+            (Vec::new(), Vec::new(), Vec::new())
+        };
         let packed_quads = if Self::quad_geometry(&geometry) {
             #[cfg(target_arch = "x86_64")]
             let q =
@@ -177,6 +232,9 @@ impl DwConv {
             qmin,
             qmax,
             zero_row: vec![input.zero_point as u8; cp],
+            dw3x3_weights,
+            dw3x3_bias,
+            dw3x3_mult,
         })
     }
 
@@ -214,9 +272,21 @@ impl DwConv {
         }
     }
 
-    /// Geometries the AVX-512 quad kernel handles: consecutive taps along x, up to 8 wide.
+    /// Geometries the AVX-512 quad kernel handles: consecutive taps along x, up to 8 wide,
+    /// rows spanning at most 8 input rows (its ring of quad rows).
     fn quad_geometry(g: &Conv2dGeometry) -> bool {
-        cfg!(target_arch = "x86_64") && g.dilation_w == 1 && g.kernel_w <= 8
+        cfg!(target_arch = "x86_64")
+            && g.dilation_w == 1
+            && g.kernel_w <= 8
+            && (g.kernel_h - 1) * g.dilation_h < MAX_QUAD_SPAN
+    }
+
+    /// Geometries the AVX-512 3×3 kernel handles: 3×3, undilated, stride 1 or 2 along x.
+    fn dw3x3_geometry(g: &Conv2dGeometry) -> bool {
+        cfg!(target_arch = "x86_64")
+            && (g.kernel_h, g.kernel_w) == (3, 3)
+            && (g.dilation_h, g.dilation_w) == (1, 1)
+            && matches!(g.stride_w, 1 | 2)
     }
 
     /// Whether `family` runs the AVX-512 quad kernel (see `x86_64_quad`) for output width
@@ -231,11 +301,76 @@ impl DwConv {
         family == Isa::Avx512Vnni && Self::quad_geometry(g) && (wide || !row_kernel)
     }
 
+    /// The kernel a call with `isa` on inputs `w` pixels wide runs, e.g.
+    /// `"avx512vnni_dw3x3_c64"`; `Err` if `w` is too small for the kernel.
+    pub fn kernel_name(&self, isa: Isa, w: usize) -> Result<&'static str> {
+        let (_, ow) = self.geometry.output_hw(self.min_h(), w)?;
+        Ok(match self.variant(self.kernel_isa(isa), ow) {
+            Variant::Scalar => "scalar",
+            Variant::Rows(Isa::Avx2) => "avx2_rows",
+            Variant::Rows(Isa::Neon) => "neon_rows",
+            Variant::Rows(_) => "avx512vnni_rows",
+            Variant::Quad => "avx512vnni_quad",
+            Variant::Dw3x3 => "avx512vnni_dw3x3_c64",
+        })
+    }
+
+    /// Smallest input height with at least one output row.
+    fn min_h(&self) -> usize {
+        let g = &self.geometry;
+        ((g.kernel_h - 1) * g.dilation_h + 1)
+            .saturating_sub(2 * g.pad_h)
+            .max(1)
+    }
+
+    fn variant(&self, kernel: Isa, ow: usize) -> Variant {
+        if kernel == Isa::Scalar {
+            Variant::Scalar
+        } else if kernel == Isa::Avx512Vnni
+            && !self.dw3x3_weights.is_empty()
+            && self.channels >= DW3X3_MIN_CHANNELS
+        {
+            Variant::Dw3x3
+        } else if self.uses_quads(kernel, ow) {
+            Variant::Quad
+        } else {
+            Variant::Rows(kernel)
+        }
+    }
+
+    /// Bytes of one band's scratch for `variant`, rounded up to [`SCRATCH_ALIGN`].
+    fn band_scratch(&self, variant: Variant, ow: usize) -> usize {
+        let g = &self.geometry;
+        let bytes = match variant {
+            Variant::Scalar => 0,
+            Variant::Rows(_) => ow * g.taps() * std::mem::size_of::<*const u8>(),
+            #[cfg(target_arch = "x86_64")]
+            Variant::Quad => x86_64_quad::scratch_bytes(g, ow),
+            #[cfg(target_arch = "x86_64")]
+            Variant::Dw3x3 => x86_64_dw3x3::scratch_bytes(ow, g.stride_w),
+            #[cfg(not(target_arch = "x86_64"))]
+            Variant::Quad | Variant::Dw3x3 => 0,
+        };
+        bytes.div_ceil(SCRATCH_ALIGN).max(1) * SCRATCH_ALIGN
+    }
+
+    /// Scratch bytes [`DwConv::run_with_scratch`] needs for inputs `h × w` with `isa` and
+    /// `threads` (the same for every batch size).
+    pub fn scratch_len(&self, h: usize, w: usize, isa: Isa, threads: usize) -> Result<usize> {
+        let (_, ow) = self.output_hw(h, w)?;
+        let per = self.band_scratch(self.variant(self.kernel_isa(isa), ow), ow);
+        per.checked_mul(bands(threads))
+            .and_then(|v| v.checked_add(SCRATCH_ALIGN))
+            .ok_or_else(|| KernelError::Shape("depthwise scratch size overflows usize".into()))
+    }
+
     /// Run on an NHWC u8 input `[n][h][w][C]`, writing `[n][oh][ow][C]` into `output`.
     ///
     /// `threads <= 1` runs on the calling thread (no pool); more splits the `n · oh` output
     /// rows over the current rayon pool. The result is identical for any thread count and
     /// every ISA. Returns the kernel family that ran (see [`DwConv::kernel_isa`]).
+    ///
+    /// Allocates its scratch; [`DwConv::run_with_scratch`] takes the caller's.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -246,6 +381,26 @@ impl DwConv {
         output: &mut [u8],
         isa: Isa,
         threads: usize,
+    ) -> Result<Isa> {
+        check_isa(isa)?;
+        let mut scratch = vec![0u8; self.scratch_len(h, w, isa, threads)?];
+        self.run_with_scratch(input, n, h, w, output, isa, threads, &mut scratch)
+    }
+
+    /// [`DwConv::run`] with caller-provided scratch of at least
+    /// [`DwConv::scratch_len`]`(h, w, isa, threads)` bytes (contents irrelevant): no
+    /// allocation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with_scratch(
+        &self,
+        input: &[u8],
+        n: usize,
+        h: usize,
+        w: usize,
+        output: &mut [u8],
+        isa: Isa,
+        threads: usize,
+        scratch: &mut [u8],
     ) -> Result<Isa> {
         check_isa(isa)?;
         if n == 0 {
@@ -261,79 +416,82 @@ impl DwConv {
         check_len("depthwise input NHWC", in_len, input.len())?;
         check_len("depthwise output NHWC", n * oh * ow * c, output.len())?;
         let kernel = self.kernel_isa(isa);
-        if self.uses_quads(kernel, ow) {
-            self.run_quads(input, n, h, w, oh, ow, output, threads);
-            return Ok(kernel);
+        let variant = self.variant(kernel, ow);
+        let per = self.band_scratch(variant, ow);
+        let bands = bands(threads);
+        let need = per * bands + SCRATCH_ALIGN;
+        if scratch.len() < need {
+            return Err(KernelError::Length {
+                what: "depthwise scratch (see DwConv::scratch_len)",
+                expected: need,
+                got: scratch.len(),
+            });
         }
-        let row_len = ow * c;
-        let do_row = |row: usize, out: &mut [u8], scratch: &mut Vec<*const u8>| {
-            let (b, oy) = (row / oh, row % oh);
-            match kernel {
-                Isa::Scalar => reference::dwconv_row(self, input, h, w, b, oy, ow, out),
-                _ => self.simd_row(kernel, input, h, w, b, oy, ow, out, scratch),
-            }
+        let off = scratch.as_ptr().align_offset(SCRATCH_ALIGN);
+        let scratch = &mut scratch[off..off + per * bands];
+        let total = n * oh;
+        let rows_per_band = total.div_ceil(bands);
+        let shape = (h, w, oh, ow);
+        let band = |(i, (out, scr)): (usize, (&mut [u8], &mut [u8]))| {
+            let r0 = i * rows_per_band;
+            let rows = r0..(r0 + rows_per_band).min(total);
+            self.run_band(variant, input, shape, rows, out, scr);
         };
         if threads <= 1 {
-            let mut scratch = Vec::new();
-            for (row, out) in output.chunks_mut(row_len).enumerate() {
-                do_row(row, out, &mut scratch);
-            }
+            band((0, (output, scratch)));
         } else {
             output
-                .par_chunks_mut(row_len)
+                .par_chunks_mut(rows_per_band * ow * c)
+                .zip(scratch.par_chunks_mut(per))
                 .enumerate()
-                .for_each_init(Vec::new, |scratch, (row, out)| do_row(row, out, scratch));
+                .for_each(band);
         }
         Ok(kernel)
     }
 
-    /// The AVX-512 quad kernel over bands of output rows (one band per image on one thread;
-    /// about two bands per thread otherwise). Each band computes its rows independently, so
-    /// the split does not change the result.
-    #[allow(clippy::too_many_arguments)]
-    fn run_quads(
+    /// Output rows `rows` (flattened `b·oh + oy`) into `out` (exactly those rows) with one
+    /// band's scratch.
+    fn run_band(
         &self,
+        variant: Variant,
         input: &[u8],
-        n: usize,
-        h: usize,
-        w: usize,
-        oh: usize,
-        ow: usize,
-        output: &mut [u8],
-        threads: usize,
+        (h, w, oh, ow): (usize, usize, usize, usize),
+        rows: std::ops::Range<usize>,
+        out: &mut [u8],
+        scratch: &mut [u8],
     ) {
-        let c = self.channels;
-        let bands_per_image = if threads <= 1 {
-            1
-        } else {
-            (threads * 2).div_ceil(n).clamp(1, oh)
-        };
-        let rows_per_band = oh.div_ceil(bands_per_image);
-        let mut tasks = Vec::new();
-        for (b, image) in output.chunks_mut(oh * ow * c).enumerate() {
-            for (i, band) in image.chunks_mut(rows_per_band * ow * c).enumerate() {
-                let oy0 = i * rows_per_band;
-                tasks.push((b, oy0, (oy0 + rows_per_band).min(oh), band));
+        let row_len = ow * self.channels;
+        match variant {
+            Variant::Scalar => {
+                for (row, o) in rows.zip(out.chunks_mut(row_len)) {
+                    reference::dwconv_row(self, input, h, w, row / oh, row % oh, ow, o);
+                }
             }
-        }
-        let run = |(b, oy0, oy1, band): (usize, usize, usize, &mut [u8])| {
+            Variant::Rows(kernel) => {
+                // SAFETY: every bit pattern is a valid raw pointer and each slot is written
+                // before it is read (`simd_row`); the band scratch starts 64-byte aligned, so
+                // the aligned middle covers `ow · taps` pointers (`band_scratch`).
+                let (_, ptrs, _) = unsafe { scratch.align_to_mut::<*const u8>() };
+                for (row, o) in rows.zip(out.chunks_mut(row_len)) {
+                    self.simd_row(kernel, input, h, w, row / oh, row % oh, ow, o, ptrs);
+                }
+            }
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: only reached when `run` checked the AVX-512 VNNI ISA and `uses_quads`
-            // holds; `input` holds the whole validated tensor, `b < n`, and `band` holds
-            // exactly rows `oy0..oy1` of image `b`.
-            unsafe {
-                x86_64_quad::rows_avx512_quad(self, input, h, w, b, oy0, oy1, ow, band)
-            }
+            // SAFETY: `Quad` is only chosen with AVX-512 VNNI checked by `run_with_scratch`
+            // and `uses_quads`; the band's rows lie inside `n·oh`, `out` holds exactly them,
+            // and `scratch` holds `band_scratch` bytes, 64-byte aligned.
+            Variant::Quad => unsafe {
+                x86_64_quad::rows_avx512_quad(self, input, (h, w, oh, ow), rows, out, scratch)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Dw3x3` is only chosen with AVX-512 VNNI checked and the 3×3 arrays
+            // packed (`dw3x3_geometry`); rows, `out` and `scratch` as above.
+            Variant::Dw3x3 => unsafe {
+                let b = x86_64_dw3x3::Band { h, w, oh, ow, rows };
+                x86_64_dw3x3::band(self, input, b, out, scratch)
+            },
             #[cfg(not(target_arch = "x86_64"))]
-            unreachable!(
-                "quad kernel is x86-64 only ({b}, {oy0}, {oy1}, {})",
-                band.len()
-            )
-        };
-        if threads <= 1 {
-            tasks.into_iter().for_each(run);
-        } else {
-            tasks.into_par_iter().for_each(run);
+            Variant::Quad | Variant::Dw3x3 => unreachable!("x86-64 kernels chosen elsewhere"),
         }
     }
 
@@ -350,26 +508,29 @@ impl DwConv {
         oy: usize,
         ow: usize,
         out: &mut [u8],
-        ptrs: &mut Vec<*const u8>,
+        ptrs: &mut [*const u8],
     ) {
         let g = &self.geometry;
         let c = self.channels;
         let taps = g.taps();
-        ptrs.clear();
-        ptrs.reserve(ow * taps);
+        let ptrs = &mut ptrs[..ow * taps];
         let zero = self.zero_row.as_ptr();
+        let mut slots = ptrs.iter_mut();
         for ox in 0..ow {
             for ky in 0..g.kernel_h {
                 let iy = (oy * g.stride_h + ky * g.dilation_h) as isize - g.pad_h as isize;
                 for kx in 0..g.kernel_w {
                     let ix = (ox * g.stride_w + kx * g.dilation_w) as isize - g.pad_w as isize;
                     let inside = iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w;
-                    ptrs.push(if inside {
+                    let p = if inside {
                         let off = ((b * h + iy as usize) * w + ix as usize) * c;
                         input[off..off + c].as_ptr()
                     } else {
                         zero
-                    });
+                    };
+                    if let Some(slot) = slots.next() {
+                        *slot = p;
+                    }
                 }
             }
         }

@@ -15,6 +15,7 @@
 use std::arch::x86_64::*;
 
 use super::DwConv;
+use crate::conv::Conv2dGeometry;
 use crate::x86_64::requant::{narrow_u8_avx512, requant_avx512};
 
 /// Weights packed as `[ky][quad][C padded to 16]` dwords of four i8 taps `kx = 4·quad + 0..3`.
@@ -39,37 +40,47 @@ pub(super) fn pack_quads(dw_weights: &[i8], c: usize, kh: usize, kw: usize) -> V
     out
 }
 
-/// Output rows `oy0..oy1` of image `b`; `out` holds exactly those rows (`(oy1 - oy0)·ow·C`).
+/// Quad positions a row needs: the last output's last quad starts at (ow-1)·sw + 4·(quads-1).
+fn quad_width(g: &Conv2dGeometry, ow: usize) -> usize {
+    (ow - 1) * g.stride_w + 4 * g.kernel_w.div_ceil(4)
+}
+
+/// Scratch bytes of one band: the ring of quad rows and the zero-point quad row.
+pub(super) fn scratch_bytes(g: &Conv2dGeometry, ow: usize) -> usize {
+    let span = (g.kernel_h - 1) * g.dilation_h + 1;
+    (span + 1) * quad_width(g, ow) * 16 * 4
+}
+
+/// Output rows `rows` (flattened `b·oh + oy`); `out` holds exactly those rows.
 ///
 /// # Safety
 /// AVX-512F/BW/VL and VNNI must be supported; `dw.packed_quads` packed for its geometry
-/// (dilation_w = 1, kernel_w ≤ 8); `input` holds the whole
-/// `[n][h][w][C]` tensor with `b < n`; `ow` is the output width for `w`.
-#[allow(clippy::too_many_arguments)]
+/// (dilation_w = 1, kernel_w ≤ 8, row span ≤ `MAX_QUAD_SPAN`); `input` holds the whole
+/// `[n][h][w][C]` tensor and `rows` lie inside `n·oh`; `ow` / `oh` are the output size for
+/// `h × w`; `scratch` holds [`scratch_bytes`] bytes, 4-byte aligned.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn rows_avx512_quad(
     dw: &DwConv,
     input: &[u8],
-    h: usize,
-    w: usize,
-    b: usize,
-    oy0: usize,
-    oy1: usize,
-    ow: usize,
+    (h, w, oh, ow): (usize, usize, usize, usize),
+    rows: std::ops::Range<usize>,
     out: &mut [u8],
+    scratch: &mut [u8],
 ) {
     let g = &dw.geometry;
     let c = dw.channels;
     let cp = c.div_ceil(super::BLOCK) * super::BLOCK;
     let (kh, kw) = (g.kernel_h, g.kernel_w);
     let quads = kw.div_ceil(4);
-    // Quad positions a row needs: the last output's last quad starts at (ow-1)·sw + 4·(quads-1).
-    let qw = (ow - 1) * g.stride_w + 4 * quads;
+    let qw = quad_width(g, ow);
     let span = (kh - 1) * g.dilation_h + 1;
-    let mut ring = vec![0i32; span * qw * 16];
+    debug_assert!(span <= super::MAX_QUAD_SPAN && kh * quads <= 16);
+    // SAFETY: every bit pattern is a valid i32; the caller aligned the scratch.
+    let (_, scratch, _) = unsafe { scratch.align_to_mut::<i32>() };
+    let (ring, zero_rows) = scratch.split_at_mut(span * qw * 16);
     // Rows above / below the image are all zero point: one shared quad row serves them.
     let zp_quad = i32::from_le_bytes([dw.input_zero_point as u8; 4]);
-    let zero_rows = vec![zp_quad; qw * 16];
+    zero_rows[..qw * 16].fill(zp_quad);
     // With a stride dividing 4, every quad read starts at a multiple of the stride.
     let build_step = if 4 % g.stride_w == 0 { g.stride_w } else { 1 };
     let zp = _mm512_set1_epi32(dw.output_zero_point);
@@ -77,30 +88,32 @@ pub(super) unsafe fn rows_avx512_quad(
     let hi = _mm512_set1_ps((dw.qmax - dw.output_zero_point) as f32);
     let zp_in = _mm_set1_epi8(dw.input_zero_point as u8 as i8);
     let out_ptr = out.as_mut_ptr();
-    let mut qrows: Vec<*const i32> = Vec::with_capacity(kh);
+    let mut qrows = [zero_rows.as_ptr(); super::MAX_QUAD_SPAN];
     let mut cb = 0;
     while cb < c {
         let n = (c - cb).min(16);
         let mask: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
-        let mut tags: Vec<Option<isize>> = vec![None; span];
+        let mut tags: [Option<(usize, isize)>; super::MAX_QUAD_SPAN] = [None; super::MAX_QUAD_SPAN];
         // SAFETY: `cb + 16 <= cp` bounds the packed loads (arrays of `cp` / `kh·quads·cp`
         // entries); quad-row stores and loads stay inside `ring` (`span·qw` slots of 16
         // dwords, indices checked by construction below); input loads are masked to the `n`
         // valid channels of an in-bounds pixel; output stores are masked to `n` channels at
         // `((oy - oy0)·ow + ox)·c + cb`, inside `out`.
         unsafe {
-            let wv: Vec<__m512i> = (0..kh * quads)
-                .map(|i| _mm512_loadu_si512(dw.packed_quads.as_ptr().add(i * cp + cb).cast()))
-                .collect();
+            let mut wv = [_mm512_setzero_si512(); 16];
+            for (i, v) in wv.iter_mut().enumerate().take(kh * quads) {
+                *v = _mm512_loadu_si512(dw.packed_quads.as_ptr().add(i * cp + cb).cast());
+            }
             let bias = _mm512_loadu_si512(dw.packed_bias.as_ptr().add(cb).cast());
             let mult = _mm512_loadu_ps(dw.multiplier.as_ptr().add(cb));
-            for oy in oy0..oy1 {
+            for row in rows.clone() {
+                let (b, oy) = (row / oh, row % oh);
                 let iy0 = (oy * g.stride_h) as isize - g.pad_h as isize;
                 for ky in 0..kh {
                     let iy = iy0 + (ky * g.dilation_h) as isize;
                     let slot = iy.rem_euclid(span as isize) as usize;
-                    if iy >= 0 && (iy as usize) < h && tags[slot] != Some(iy) {
-                        let row = ring.as_mut_ptr().add(slot * qw * 16);
+                    if iy >= 0 && (iy as usize) < h && tags[slot] != Some((b, iy)) {
+                        let qrow = ring.as_mut_ptr().add(slot * qw * 16);
                         let rp = RowPlace {
                             b,
                             iy: iy as usize,
@@ -108,21 +121,21 @@ pub(super) unsafe fn rows_avx512_quad(
                             mask,
                             step: build_step,
                         };
-                        build_quad_row(dw, input, h, w, rp, zp_in, qw, row);
-                        tags[slot] = Some(iy);
+                        build_quad_row(dw, input, h, w, rp, zp_in, qw, qrow);
+                        tags[slot] = Some((b, iy));
                     }
                 }
-                qrows.clear();
-                qrows.extend((0..kh).map(|ky| {
+                for (ky, q) in qrows.iter_mut().enumerate().take(kh) {
                     let iy = iy0 + (ky * g.dilation_h) as isize;
-                    if iy >= 0 && (iy as usize) < h {
+                    *q = if iy >= 0 && (iy as usize) < h {
                         let slot = iy.rem_euclid(span as isize) as usize;
                         ring.as_ptr().add(slot * qw * 16)
                     } else {
                         zero_rows.as_ptr()
-                    }
-                }));
-                let orow = out_ptr.add((oy - oy0) * ow * c + cb);
+                    };
+                }
+                let qrows = &qrows[..kh];
+                let orow = out_ptr.add((row - rows.start) * ow * c + cb);
                 let step = g.stride_w * 16;
                 match (kh, quads) {
                     (3, 1) => {

@@ -16,7 +16,7 @@ mod quantize;
 mod x86_64;
 
 pub use add::QuantizedAdd;
-pub use pool::global_avg_pool;
+pub use pool::{global_avg_pool, global_avg_pool_with_scratch, pool_scratch_len};
 pub use quantize::{dequantize_u8, quantize_u8};
 
 use crate::Isa;

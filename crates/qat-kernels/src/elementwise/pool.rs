@@ -12,7 +12,7 @@ const MAX_AREA: usize = 1 << 23;
 /// Global average pool `[n][h][w][c]` → `[n][c]`, exactly [`qat_core::global_avg_pool`] per
 /// channel (exact i32 sum, then the fp32 requantization with multiplier
 /// `in_scale / (out_scale · h · w)`). Threads split the batch. Returns the kernel family that
-/// ran.
+/// ran. Allocates its per-channel sums; [`global_avg_pool_with_scratch`] takes the caller's.
 ///
 /// ```
 /// use qat_core::QParams;
@@ -36,6 +36,38 @@ pub fn global_avg_pool(
     isa: Isa,
     threads: usize,
 ) -> Result<Isa> {
+    let mut sums = vec![0i32; pool_scratch_len(c, threads)];
+    global_avg_pool_with_scratch(
+        input, n, h, w, c, input_q, output_q, output, isa, threads, &mut sums,
+    )
+}
+
+/// Parts a multi-threaded pool splits its batch into.
+fn parts(threads: usize) -> usize {
+    threads.max(1)
+}
+
+/// Scratch (i32 channel sums) [`global_avg_pool_with_scratch`] needs for `c` channels.
+pub fn pool_scratch_len(c: usize, threads: usize) -> usize {
+    c.saturating_mul(parts(threads))
+}
+
+/// [`global_avg_pool`] with caller-provided scratch of at least
+/// [`pool_scratch_len`]`(c, threads)` i32 (contents irrelevant): no allocation.
+#[allow(clippy::too_many_arguments)]
+pub fn global_avg_pool_with_scratch(
+    input: &[u8],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    input_q: QParams,
+    output_q: QParams,
+    output: &mut [u8],
+    isa: Isa,
+    threads: usize,
+    scratch: &mut [i32],
+) -> Result<Isa> {
     check_isa(isa)?;
     if n == 0 || h == 0 || w == 0 || c == 0 {
         return Err(KernelError::Shape(format!(
@@ -57,11 +89,18 @@ pub fn global_avg_pool(
         .ok_or_else(|| KernelError::Shape("pool input size overflows usize".into()))?;
     check_len("pool input NHWC", in_len, input.len())?;
     check_len("pool output [n][c]", n * c, output.len())?;
+    let need = pool_scratch_len(c, threads);
+    if scratch.len() < need {
+        return Err(KernelError::Length {
+            what: "pool scratch (see pool_scratch_len)",
+            expected: need,
+            got: scratch.len(),
+        });
+    }
     let kernel = kernel_isa(isa);
-    let one = |x: &[u8], y: &mut [u8]| {
-        let mut sums = vec![0i32; c];
-        channel_sums(x, c, &mut sums, kernel);
-        for (y, &s) in y.iter_mut().zip(&sums) {
+    let one = |x: &[u8], y: &mut [u8], sums: &mut [i32]| {
+        channel_sums(x, c, sums, kernel);
+        for (y, &s) in y.iter_mut().zip(sums.iter()) {
             *y = qat_core::global_avg_pool(
                 s,
                 area,
@@ -73,15 +112,20 @@ pub fn global_avg_pool(
             ) as u8;
         }
     };
-    if threads <= 1 {
-        for (x, y) in input.chunks(area * c).zip(output.chunks_mut(c)) {
-            one(x, y);
+    let images = |x: &[u8], y: &mut [u8], sums: &mut [i32]| {
+        for (x, y) in x.chunks(area * c).zip(y.chunks_mut(c)) {
+            one(x, y, sums);
         }
+    };
+    if threads <= 1 {
+        images(input, output, &mut scratch[..c]);
     } else {
+        let per = n.div_ceil(parts(threads));
         input
-            .par_chunks(area * c)
-            .zip(output.par_chunks_mut(c))
-            .for_each(|(x, y)| one(x, y));
+            .par_chunks(per * area * c)
+            .zip(output.par_chunks_mut(per * c))
+            .zip(scratch[..need].par_chunks_mut(c))
+            .for_each(|((x, y), sums)| images(x, y, sums));
     }
     Ok(kernel)
 }
@@ -97,6 +141,22 @@ fn channel_sums(x: &[u8], c: usize, sums: &mut [i32], kernel: Isa) {
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => unsafe { super::aarch64::channel_sums_neon(x, c, sums) },
         _ => channel_sums_reference(x, c, sums),
+    }
+}
+
+/// Channels `from..c` of the sums, in place with the reference's plain i32 adds (the SIMD
+/// kernels' tail; no allocation).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+pub(crate) fn channel_sums_tail(x: &[u8], c: usize, from: usize, sums: &mut [i32]) {
+    let tail = &mut sums[from..c];
+    tail.fill(0);
+    for px in x.chunks_exact(c) {
+        for (s, &v) in tail.iter_mut().zip(&px[from..]) {
+            *s += v as i32;
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 use std::arch::x86_64::*;
 
 use super::add::QuantizedAdd;
-use super::pool::channel_sums_reference;
+use super::pool::channel_sums_tail;
 use super::quantize::{dequantize_reference, quantize_reference};
 use crate::x86_64::requant::narrow_u8_avx2;
 use qat_core::QParams;
@@ -85,17 +85,7 @@ pub(super) unsafe fn channel_sums_avx2(x: &[u8], c: usize, sums: &mut [i32]) {
         }
         cb += 8;
     }
-    if body < c {
-        let tail = c - body;
-        let mut t = vec![0i32; tail];
-        let strip: Vec<u8> = x
-            .chunks_exact(c)
-            .flat_map(|px| &px[body..])
-            .copied()
-            .collect();
-        channel_sums_reference(&strip, tail, &mut t);
-        sums[body..].copy_from_slice(&t);
-    }
+    channel_sums_tail(x, c, body, sums);
 }
 
 /// Quantize with `inv = 1 / scale`.

@@ -8,6 +8,7 @@
 use super::kernel::Tile;
 use super::pack::{panel_offset, panel_width};
 use super::{Out, PackedGemm};
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Target size of the A block kept in L2 (the L2 is 1 MiB per core on the reference machine).
@@ -34,33 +35,24 @@ pub(crate) fn run(g: &PackedGemm, a: &[u8], m: usize, lda: usize, out: Out, thre
         run_rect(g, shared, lda, 0..m, 0..panels);
         return;
     }
-    // Split the dimension with more tiles into `threads` contiguous, tile-aligned parts.
-    let parts: Vec<(Range<usize>, Range<usize>)> = if row_tiles >= panels {
-        split(row_tiles, threads)
-            .into_iter()
-            .map(|t| ((t.start * desc.mr)..(t.end * desc.mr).min(m), 0..panels))
-            .collect()
-    } else {
-        split(panels, threads)
-            .into_iter()
-            .map(|p| (0..m, p))
-            .collect()
-    };
-    rayon::scope(|s| {
-        for (rows, cols) in parts.iter().skip(1).cloned() {
-            s.spawn(move |_| run_rect(g, shared, lda, rows, cols));
+    // Split the dimension with more tiles into `threads` contiguous, tile-aligned parts,
+    // computed per part so a call allocates nothing.
+    let by_rows = row_tiles >= panels;
+    let parts = threads.min(if by_rows { row_tiles } else { panels });
+    (0..parts).into_par_iter().for_each(|i| {
+        if by_rows {
+            let t = split(row_tiles, parts, i);
+            let rows = (t.start * desc.mr)..(t.end * desc.mr).min(m);
+            run_rect(g, shared, lda, rows, 0..panels);
+        } else {
+            run_rect(g, shared, lda, 0..m, split(panels, parts, i));
         }
-        let (rows, cols) = parts[0].clone();
-        run_rect(g, shared, lda, rows, cols);
     });
 }
 
-/// `0..total` in `parts` contiguous non-empty ranges (fewer if `total < parts`).
-fn split(total: usize, parts: usize) -> Vec<Range<usize>> {
-    let parts = parts.min(total);
-    (0..parts)
-        .map(|i| (i * total / parts)..((i + 1) * total / parts))
-        .collect()
+/// Part `i` of `0..total` cut into `parts ≤ total` contiguous non-empty ranges.
+fn split(total: usize, parts: usize, i: usize) -> Range<usize> {
+    (i * total / parts)..((i + 1) * total / parts)
 }
 
 /// Compute output rows `rows` × panels `panels`.

@@ -1,0 +1,384 @@
+//! AVX-512 VNNI depthwise 3×3 kernel (stride 1 or 2 along x, undilated) over 64-channel
+//! blocks.
+//!
+//! NHWC puts 64 channels of one pixel in one zmm. Interleaving the bytes of four
+//! horizontally adjacent pixels `p0..p3` with `vpunpck{l,h}bw` then `vpunpck{l,h}wd` gives four
+//! zmm `Q0..Q3` whose dwords hold `[p0, p1, p2, p3]` of one channel each (`Q_k`, 128-bit lane
+//! `L`, dword `d` = channel `16L + 4k + d`), so one exact `vpdpbusd` (u8 × i8, no saturation)
+//! adds three taps of a kernel row for 16 channels. The weights are packed in that permuted
+//! channel order; at stride 1 a second weight set `[0, w0, w1, w2]` makes the same quad serve
+//! the next output pixel too, so a quad is built once per two outputs.
+//!
+//! The requantization is [`requant_avx512`]'s float sequence without the final `+ zp`; the
+//! zero point is added after `vpackssdw` (values are in `[qmin - zp, qmax - zp]` ⊂ ±255, so
+//! the packs are exact), and `vpackuswb` then restores plain channel order because the packs
+//! work per 128-bit lane exactly as the unpacks did.
+//!
+//! Borders cost nothing in the inner loop: each input row of a channel block is copied once
+//! into a padded row of the scratch (pad positions = input zero point, which the folded bias
+//! cancels), and rows above / below the image read a row of zero points. A ring of three
+//! padded rows serves consecutive output rows.
+//!
+//! [`requant_avx512`]: crate::x86_64::requant::requant_avx512
+
+use std::arch::x86_64::*;
+
+use super::DwConv;
+
+/// Channels per block.
+pub(super) const CB: usize = 64;
+/// Bytes of one packed weight set: 3 rows × 4 permuted zmm.
+const SET: usize = 3 * 4 * CB;
+
+/// Channel of byte lane `(k, L, d)` within a block: see the module doc.
+fn permuted_channel(k: usize, lane: usize, d: usize) -> usize {
+    16 * lane + 4 * k + d
+}
+
+/// Pack `[C][3][3]` weights for this kernel: per block, set A (`[w0, w1, w2, 0]`) then set B
+/// (`[0, w0, w1, w2]`), each `[ky][k][64 bytes]`; channels past `c` are 0.
+pub(super) fn pack_weights(weights: &[i8], c: usize) -> Vec<u8> {
+    let blocks = c.div_ceil(CB);
+    let mut out = vec![0u8; blocks * 2 * SET];
+    for blk in 0..blocks {
+        for set in 0..2 {
+            for ky in 0..3 {
+                for k in 0..4 {
+                    for lane in 0..4 {
+                        for d in 0..4 {
+                            let ch = blk * CB + permuted_channel(k, lane, d);
+                            if ch >= c {
+                                continue;
+                            }
+                            let base = ((blk * 2 + set) * 3 + ky) * 4 * CB + k * CB + lane * 16;
+                            for e in 0usize..4 {
+                                // Set A: byte e is tap e; set B: byte e is tap e - 1.
+                                let kx = if set == 0 { e } else { e.wrapping_sub(1) };
+                                if kx < 3 {
+                                    out[base + 4 * d + e] = weights[(ch * 3 + ky) * 3 + kx] as u8;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Per block, 64 entries of `v` (padded with `fill`) in the permuted order `[k][lane][d]`.
+pub(super) fn permute<T: Copy>(v: &[T], c: usize, fill: T) -> Vec<T> {
+    let blocks = c.div_ceil(CB);
+    let mut out = vec![fill; blocks * CB];
+    for blk in 0..blocks {
+        for k in 0..4 {
+            for lane in 0..4 {
+                for d in 0..4 {
+                    let ch = blk * CB + permuted_channel(k, lane, d);
+                    if ch < c {
+                        out[blk * CB + k * 16 + lane * 4 + d] = v[ch];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Padded row width (positions) for output width `ow` at stride `sw`: the last quad read
+/// starts at `(ow - 1)·sw` and spans 4 positions.
+pub(super) fn padded_width(ow: usize, sw: usize) -> usize {
+    (ow - 1) * sw + 4
+}
+
+/// Scratch bytes one band needs: three ring rows and the zero-point row.
+pub(super) fn scratch_bytes(ow: usize, sw: usize) -> usize {
+    4 * padded_width(ow, sw) * CB
+}
+
+/// Shape of the call, for the band loop.
+pub(super) struct Band {
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    /// Flattened output rows `b·oh + oy` of this band.
+    pub rows: std::ops::Range<usize>,
+}
+
+/// Output rows `band.rows` (over the flattened `n·oh`); `out` holds exactly those rows.
+///
+/// # Safety
+/// AVX-512F/BW/VL and VNNI must be supported; `dw` is 3×3, undilated, `stride_w` 1 or 2, with
+/// its `dw3x3_*` arrays packed; `input` holds the whole validated `[n][h][w][C]` tensor and
+/// the band's rows lie inside `n·oh`; `out.len() == band.rows.len()·ow·C`; `scratch` holds at
+/// least [`scratch_bytes`]`(ow, stride_w)` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], scratch: &mut [u8]) {
+    let g = &dw.geometry;
+    let c = dw.channels;
+    let (sw, ow) = (g.stride_w, b.ow);
+    let wp = padded_width(ow, sw);
+    let row_bytes = wp * CB;
+    debug_assert!(scratch.len() >= 4 * row_bytes);
+    debug_assert_eq!(out.len(), b.rows.len() * ow * c);
+    let (ring, zero_row) = scratch.split_at_mut(3 * row_bytes);
+    let zp_in = dw.input_zero_point as u8;
+    zero_row[..row_bytes].fill(zp_in);
+    let lo = _mm512_set1_ps((dw.qmin - dw.output_zero_point) as f32);
+    let hi = _mm512_set1_ps((dw.qmax - dw.output_zero_point) as f32);
+    let ep = Epilogue {
+        lo,
+        hi,
+        zp: _mm512_set1_epi16(dw.output_zero_point as i16),
+    };
+    for blk in 0..c.div_ceil(CB) {
+        let cb = blk * CB;
+        let n = (c - cb).min(CB);
+        let mask: __mmask64 = if n == CB { !0 } else { (1u64 << n) - 1 };
+        let mut tags: [Option<(usize, usize)>; 3] = [None; 3];
+        // SAFETY: every array is packed for `c.div_ceil(64)` blocks, so the block's 64
+        // permuted biases / multipliers and its two weight sets are in bounds.
+        let (bias, mult, wts) = unsafe {
+            let bp = dw.dw3x3_bias.as_ptr().add(cb);
+            let mp = dw.dw3x3_mult.as_ptr().add(cb);
+            (
+                [0, 1, 2, 3].map(|k| _mm512_loadu_si512(bp.add(16 * k).cast())),
+                [0, 1, 2, 3].map(|k| _mm512_loadu_ps(mp.add(16 * k))),
+                dw.dw3x3_weights.as_ptr().add(blk * 2 * SET),
+            )
+        };
+        for row in b.rows.clone() {
+            let (img, oy) = (row / b.oh, row % b.oh);
+            let iy0 = (oy * g.stride_h) as isize - g.pad_h as isize;
+            let inside = |ky: usize| {
+                let iy = iy0 + ky as isize;
+                (iy >= 0 && (iy as usize) < b.h).then_some(iy as usize)
+            };
+            for iy in (0..3).filter_map(inside) {
+                let slot = iy % 3;
+                if tags[slot] != Some((img, iy)) {
+                    let src = ((img * b.h + iy) * b.w) * c + cb;
+                    let dst = &mut ring[slot * row_bytes..(slot + 1) * row_bytes];
+                    // SAFETY: AVX-512BW (caller); `src` addresses pixel 0 of an input row
+                    // inside the validated tensor, read masked to the block's `n` channels.
+                    unsafe { fill_row(input, src, b.w, c, g.pad_w, zp_in, mask, dst) };
+                    tags[slot] = Some((img, iy));
+                }
+            }
+            // Three consecutive input rows never share a slot.
+            let rows: [*const u8; 3] = std::array::from_fn(|ky| match inside(ky) {
+                Some(iy) => ring[(iy % 3) * row_bytes..].as_ptr(),
+                None => zero_row.as_ptr(),
+            });
+            let orow = (row - b.rows.start) * ow * c + cb;
+            // SAFETY: each of `rows` addresses a padded row of `wp` positions × 64 bytes;
+            // `out[orow + ox·c ..]` holds the block's `n` channels of every output pixel
+            // (masked stores); `wts` addresses the block's two weight sets.
+            unsafe {
+                let o = out.as_mut_ptr().add(orow);
+                let k = Consts {
+                    bias,
+                    mult,
+                    wts,
+                    mask,
+                    c,
+                    ep: &ep,
+                };
+                if sw == 1 {
+                    row_s1(rows, ow, o, &k);
+                } else {
+                    row_s2(rows, ow, o, &k);
+                }
+            }
+        }
+    }
+}
+
+/// Copy input row pixels `0..w` (64 channels from `src`, masked) into positions
+/// `pad..pad + w` of the padded row `dst`, every other position the zero point.
+///
+/// # Safety
+/// AVX-512BW; `input[src + x·c ..]` holds the `mask`ed bytes for every `x < w`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn fill_row(
+    input: &[u8],
+    src: usize,
+    w: usize,
+    c: usize,
+    pad: usize,
+    zp: u8,
+    mask: __mmask64,
+    dst: &mut [u8],
+) {
+    let wp = dst.len() / CB;
+    let first = pad.min(wp);
+    let last = (pad + w).min(wp);
+    dst[..first * CB].fill(zp);
+    dst[last * CB..].fill(zp);
+    let base = input.as_ptr().add(src);
+    for j in first..last {
+        // SAFETY: pixel `j - pad < w` of the row (caller), masked to the valid channels; the
+        // store writes 64 bytes at position `j < wp` of `dst`.
+        unsafe {
+            let v = _mm512_maskz_loadu_epi8(mask, base.add((j - pad) * c).cast());
+            _mm512_storeu_si512(dst.as_mut_ptr().add(j * CB).cast(), v);
+        }
+    }
+}
+
+struct Epilogue {
+    lo: __m512,
+    hi: __m512,
+    zp: __m512i,
+}
+
+/// Per-block constants of a row call.
+struct Consts<'a> {
+    bias: [__m512i; 4],
+    mult: [__m512; 4],
+    wts: *const u8,
+    mask: __mmask64,
+    c: usize,
+    ep: &'a Epilogue,
+}
+
+/// `unpack{lo,hi}_epi8(a, b)`: the pair `[a, b]` bytes of every channel.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn pair(a: __m512i, b: __m512i) -> [__m512i; 2] {
+    [_mm512_unpacklo_epi8(a, b), _mm512_unpackhi_epi8(a, b)]
+}
+
+/// The four permuted quads of pairs `ab` (positions j, j+1) and `cd` (j+2, j+3).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn quads(ab: [__m512i; 2], cd: [__m512i; 2]) -> [__m512i; 4] {
+    [
+        _mm512_unpacklo_epi16(ab[0], cd[0]),
+        _mm512_unpackhi_epi16(ab[0], cd[0]),
+        _mm512_unpacklo_epi16(ab[1], cd[1]),
+        _mm512_unpackhi_epi16(ab[1], cd[1]),
+    ]
+}
+
+/// Load the pair at position `j` of a padded row.
+///
+/// # Safety
+/// `row` addresses at least `j + 2` positions of 64 bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn load_pair(row: *const u8, j: usize) -> [__m512i; 2] {
+    // SAFETY: positions j and j + 1 are inside the row (caller).
+    unsafe {
+        pair(
+            _mm512_loadu_si512(row.add(j * CB).cast()),
+            _mm512_loadu_si512(row.add((j + 1) * CB).cast()),
+        )
+    }
+}
+
+/// Weight vector `k` of row `ky` in set `set` (0 = A, 1 = B).
+///
+/// # Safety
+/// `wts` addresses a block's two weight sets.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn wv(wts: *const u8, set: usize, ky: usize, k: usize) -> __m512i {
+    // SAFETY: `set < 2, ky < 3, k < 4` stay inside the two sets (caller).
+    unsafe { _mm512_loadu_si512(wts.add(set * SET + (ky * 4 + k) * CB).cast()) }
+}
+
+/// Requantize four permuted accumulators and store the block's channels of one pixel.
+///
+/// # Safety
+/// AVX-512F/BW; `dst` is writable for the `mask`ed bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn store(acc: [__m512i; 4], k: &Consts, dst: *mut u8) {
+    let r: [__m512i; 4] = std::array::from_fn(|i| {
+        let v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i]), k.mult[i]);
+        _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, k.ep.lo), k.ep.hi))
+    });
+    let w01 = _mm512_add_epi16(_mm512_packs_epi32(r[0], r[1]), k.ep.zp);
+    let w23 = _mm512_add_epi16(_mm512_packs_epi32(r[2], r[3]), k.ep.zp);
+    // SAFETY: masked store of the valid channels (caller).
+    unsafe { _mm512_mask_storeu_epi8(dst.cast(), k.mask, _mm512_packus_epi16(w01, w23)) };
+}
+
+/// One output row at stride 1: two output pixels per quad (sets A and B).
+///
+/// # Safety
+/// AVX-512 VNNI; each row has [`padded_width`]`(ow, 1)` positions; output pixel `ox` of the
+/// row is writable at `o + ox·c` for the masked channels.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_s1(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
+    // SAFETY: all loads stay inside the padded rows (positions ≤ (ow-1) + 3) and the weight
+    // sets; stores go to output pixels `< ow` (caller).
+    unsafe {
+        let wa: [[__m512i; 4]; 3] =
+            std::array::from_fn(|ky| std::array::from_fn(|q| wv(k.wts, 0, ky, q)));
+        let mut ab = [
+            load_pair(rows[0], 0),
+            load_pair(rows[1], 0),
+            load_pair(rows[2], 0),
+        ];
+        let mut ox = 0;
+        while ox < ow {
+            let mut a = k.bias;
+            let mut b = k.bias;
+            let two = ox + 1 < ow;
+            for ky in 0..3 {
+                let cd = load_pair(rows[ky], ox + 2);
+                let q = quads(ab[ky], cd);
+                for i in 0..4 {
+                    a[i] = _mm512_dpbusd_epi32(a[i], q[i], wa[ky][i]);
+                    if two {
+                        b[i] = _mm512_dpbusd_epi32(b[i], q[i], wv(k.wts, 1, ky, i));
+                    }
+                }
+                ab[ky] = cd;
+            }
+            store(a, k, o.add(ox * k.c));
+            if two {
+                store(b, k, o.add((ox + 1) * k.c));
+            }
+            ox += 2;
+        }
+    }
+}
+
+/// One output row at stride 2: one quad per output pixel (set A).
+///
+/// # Safety
+/// As [`row_s1`] with [`padded_width`]`(ow, 2)` positions.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_s2(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
+    // SAFETY: as in `row_s1`; positions read are ≤ 2(ow-1) + 3.
+    unsafe {
+        let wa: [[__m512i; 4]; 3] =
+            std::array::from_fn(|ky| std::array::from_fn(|q| wv(k.wts, 0, ky, q)));
+        let mut ab = [
+            load_pair(rows[0], 0),
+            load_pair(rows[1], 0),
+            load_pair(rows[2], 0),
+        ];
+        for ox in 0..ow {
+            let mut a = k.bias;
+            for ky in 0..3 {
+                let cd = load_pair(rows[ky], 2 * ox + 2);
+                let q = quads(ab[ky], cd);
+                for i in 0..4 {
+                    a[i] = _mm512_dpbusd_epi32(a[i], q[i], wa[ky][i]);
+                }
+                ab[ky] = cd;
+            }
+            store(a, k, o.add(ox * k.c));
+        }
+    }
+}

@@ -45,12 +45,13 @@ fn shape_fields(l: &DwLayer) -> Vec<(&'static str, serde_json::Value)> {
     ]
 }
 
-fn report(bench_impl: &str, isa: &str, threads: usize, l: &DwLayer, secs: f64) {
+fn report(bench_impl: &str, isa: &str, kernel: &str, threads: usize, l: &DwLayer, secs: f64) {
     let mut fields = vec![
         ("bench", json!("dwconv")),
         ("threads", json!(threads)),
         ("impl", json!(bench_impl)),
         ("isa", json!(isa)),
+        ("kernel", json!(kernel)),
     ];
     fields.extend(shape_fields(l));
     fields.push(("gmacs", json!(l.macs() as f64 / secs / 1e9)));
@@ -58,8 +59,13 @@ fn report(bench_impl: &str, isa: &str, threads: usize, l: &DwLayer, secs: f64) {
     emit(&fields);
 }
 
-/// Time ours on one layer.
-fn time_ours(l: &DwLayer, isa: Isa, threads: usize, reps: usize) -> anyhow::Result<f64> {
+/// Time ours on one layer: seconds per call and the kernel variant that ran.
+fn time_ours(
+    l: &DwLayer,
+    isa: Isa,
+    threads: usize,
+    reps: usize,
+) -> anyhow::Result<(f64, &'static str)> {
     let mut rng = StdRng::seed_from_u64(l.c as u64 * 1000 + l.hw as u64);
     let w: Vec<i8> = (0..l.c * 9).map(|_| rng.gen()).collect();
     let scales: Vec<f32> = (0..l.c).map(|_| rng.gen_range(0.002..0.02)).collect();
@@ -82,12 +88,14 @@ fn time_ours(l: &DwLayer, isa: Isa, threads: usize, reps: usize) -> anyhow::Resu
     )?;
     let x: Vec<u8> = (0..l.hw * l.hw * l.c).map(|_| rng.gen()).collect();
     let mut y = vec![0u8; l.out_hw() * l.out_hw() * l.c];
+    let mut scratch = vec![0u8; dw.scratch_len(l.hw, l.hw, isa, threads)?];
     let run = || {
-        dw.run(&x, 1, l.hw, l.hw, &mut y, isa, threads)
+        dw.run_with_scratch(&x, 1, l.hw, l.hw, &mut y, isa, threads, &mut scratch)
             .expect("validated shapes");
     };
     let min_batch = Duration::from_millis(50);
-    Ok(if threads <= 1 {
+    let kernel = dw.kernel_name(isa, l.hw)?;
+    let secs = if threads <= 1 {
         best_seconds(run, reps, min_batch)
     } else {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -95,7 +103,8 @@ fn time_ours(l: &DwLayer, isa: Isa, threads: usize, reps: usize) -> anyhow::Resu
             .build()
             .context("building the rayon pool")?;
         pool.install(|| best_seconds(run, reps, min_batch))
-    })
+    };
+    Ok((secs, kernel))
 }
 
 /// Time candle's f32 depthwise conv (NCHW, groups = C).
@@ -147,19 +156,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for l in MOBILENET_V2_DW_LAYERS {
         for &i in &families {
             if i != best {
-                let secs = time_ours(l, i, 1, args.reps)?;
-                report("ours", probe.kernel_isa(i).name(), 1, l, secs);
+                let (secs, kernel) = time_ours(l, i, 1, args.reps)?;
+                report("ours", probe.kernel_isa(i).name(), kernel, 1, l, secs);
             }
         }
         for &t in &args.threads {
-            let secs = time_ours(l, best, t, args.reps)?;
-            report("ours", probe.kernel_isa(best).name(), t, l, secs);
+            let (secs, kernel) = time_ours(l, best, t, args.reps)?;
+            report("ours", probe.kernel_isa(best).name(), kernel, t, l, secs);
         }
         if !args.no_candle && CANDLE_LAYERS.contains(&(l.c, l.hw, l.stride)) {
             let secs = time_candle(l, args.reps)?;
             // candle sizes its own thread pool from RAYON_NUM_THREADS / the core count.
             let threads = candle_core::utils::get_num_threads();
-            report("candle-f32-conv2d-groups", "f32", threads, l, secs);
+            report(
+                "candle-f32-conv2d-groups",
+                "f32",
+                "conv2d",
+                threads,
+                l,
+                secs,
+            );
         }
     }
     Ok(())

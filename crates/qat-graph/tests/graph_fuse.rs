@@ -51,6 +51,15 @@ fn conv(g: &mut Graph, x: NodeId, bias: bool) -> Result<NodeId> {
     g.conv2d("c", x, Conv2dCfg::new(4, 6, 3).padding(1).bias(bias))
 }
 
+fn fc(g: &mut Graph, x: NodeId, bias: bool) -> Result<NodeId> {
+    let cfg = LinearCfg {
+        in_features: 4,
+        out_features: 7,
+        bias,
+    };
+    g.linear("fc", x, cfg)
+}
+
 /// Each pattern, the op type it must fuse into, and the input shape.
 fn patterns() -> Vec<(&'static str, Builder, &'static str, Vec<usize>)> {
     vec![
@@ -104,15 +113,7 @@ fn patterns() -> Vec<(&'static str, Builder, &'static str, Vec<usize>)> {
         (
             "linear+relu",
             |g, x| {
-                let l = g.linear(
-                    "fc",
-                    x,
-                    LinearCfg {
-                        in_features: 4,
-                        out_features: 7,
-                        bias: true,
-                    },
-                )?;
+                let l = fc(g, x, true)?;
                 g.relu("act", l)
             },
             "LinearReLU",
@@ -121,15 +122,7 @@ fn patterns() -> Vec<(&'static str, Builder, &'static str, Vec<usize>)> {
         (
             "linear+relu6",
             |g, x| {
-                let l = g.linear(
-                    "fc",
-                    x,
-                    LinearCfg {
-                        in_features: 4,
-                        out_features: 7,
-                        bias: true,
-                    },
-                )?;
+                let l = fc(g, x, true)?;
                 g.relu6("act", l)
             },
             "LinearReLU6",
@@ -138,15 +131,7 @@ fn patterns() -> Vec<(&'static str, Builder, &'static str, Vec<usize>)> {
         (
             "linear+bn1d",
             |g, x| {
-                let l = g.linear(
-                    "fc",
-                    x,
-                    LinearCfg {
-                        in_features: 4,
-                        out_features: 7,
-                        bias: false,
-                    },
-                )?;
+                let l = fc(g, x, false)?;
                 g.batch_norm1d("bn", l, BnCfg::new(7))
             },
             "LinearBn1d",

@@ -2,6 +2,8 @@
 //! 1×28×28, width 0.5 by default) in fp32, in QAT (`prepare_qat` with `default_qat`) and
 //! optionally in QAT with BN statistics frozen and observers off.
 //!
+//! fp32 trains the fused graph (Conv+BN+ReLU6 as one node: the same parameters and math as the
+//! graph as built, which `--unfused` runs instead); QAT always runs on the fused graph.
 //! A step is forward (train mode) + cross-entropy + backward + SGD (momentum 0.9, Nesterov,
 //! weight decay 5e-4 on conv / linear weights, PyTorch's coupled form). After warm-up steps,
 //! every step is timed in three parts (forward + loss, backward, optimizer); lines carry the
@@ -53,6 +55,10 @@ pub struct Args {
     /// Timed steps.
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Train fp32 on the graph as built (Conv, BN, ReLU6 as separate nodes) instead of the
+    /// fused graph ([`GraphModule::fused`]: same parameters and math, fewer autograd nodes).
+    #[arg(long)]
+    unfused: bool,
     /// Keep mimalloc's default purging of freed memory (off by default: see `mimalloc_no_purge`).
     #[arg(long)]
     allocator_purge: bool,
@@ -179,7 +185,8 @@ fn run_mode(args: &Args, mode: Mode, cfg: &MobileNetV2Config) -> anyhow::Result<
     let graph = build(cfg)?;
     let float = GraphModule::new(graph, 7, &dev)?;
     let model = match mode {
-        Mode::Fp32 => Model::Float(float),
+        Mode::Fp32 if args.unfused => Model::Float(float),
+        Mode::Fp32 => Model::Float(float.fused()?),
         Mode::Qat | Mode::QatFrozen => {
             let q = prepare_qat_module(float, &QConfig::default_qat())?;
             Model::Qat(q)
@@ -255,6 +262,14 @@ fn run_mode(args: &Args, mode: Mode, cfg: &MobileNetV2Config) -> anyhow::Result<
     emit(&[
         ("bench", json!("train-step")),
         ("mode", json!(mode.name())),
+        (
+            "graph",
+            json!(if mode == Mode::Fp32 && args.unfused {
+                "unfused"
+            } else {
+                "fused"
+            }),
+        ),
         ("threads", json!(args.threads)),
         ("impl", json!("ours")),
         ("net", json!("mobilenet_v2")),

@@ -300,7 +300,10 @@ impl GraphModule {
         let path = self.ops;
         let w = || v.weight.as_ref().expect("weight looked up").as_tensor();
         let b = || v.bias.as_ref().map(|b| b.as_tensor());
-        let bn = |x: &Tensor| self.batch_norm(v.bn.as_ref().expect("bn looked up"), x, train);
+        let bn_act = |x: &Tensor, act: Option<Act>| {
+            self.batch_norm(v.bn.as_ref().expect("bn looked up"), x, train, act)
+        };
+        let bn = |x: &Tensor| bn_act(x, None);
         let x = ins[0];
         Ok(match &node.op {
             Op::Input { .. } => unreachable!("inputs are set before the loop"),
@@ -318,27 +321,26 @@ impl GraphModule {
             Op::Flatten => x.flatten_from(1)?,
             Op::Dropout { p } => self.dropout(x, *p, train)?,
             Op::Identity => x.clone(),
-            Op::ConvBn { conv, act, .. } => {
-                let y = bn(&prims::conv2d(x, w(), b(), conv, path)?)?;
-                act_opt(&y, *act, path)?
-            }
+            Op::ConvBn { conv, act, .. } => bn_act(&prims::conv2d(x, w(), b(), conv, path)?, *act)?,
             Op::ConvAct { conv, act } => {
                 act_fn(&prims::conv2d(x, w(), b(), conv, path)?, *act, path)?
             }
             Op::LinearAct { act, .. } => act_fn(&linear(x, w(), b())?, *act, path)?,
             Op::LinearBn { .. } => bn(&linear(x, w(), b())?)?,
-            Op::BnAct { act, .. } => act_fn(&bn(x)?, *act, path)?,
+            Op::BnAct { act, .. } => bn_act(x, Some(*act))?,
             Op::AddAct { act } => act_fn(&(x + ins[1])?, *act, path)?,
         })
     }
 
-    fn batch_norm(&self, bn: &BnVars, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// BatchNorm then the optional activation (fused into one op on the fast path in train
+    /// mode: no activation tensor, one autograd node).
+    fn batch_norm(&self, bn: &BnVars, x: &Tensor, train: bool, act: Option<Act>) -> Result<Tensor> {
         let eps = bn.cfg.eps;
         if !train {
             // PyTorch's CPU eval kernel form: y = x * (γ / √(var + ε)) + (β − mean · that).
             let scale = (bn.weight.as_tensor() / (bn.running_var.as_tensor() + eps)?.sqrt()?)?;
             let shift = (bn.bias.as_tensor() - (bn.running_mean.as_tensor() * &scale)?)?;
-            return Ok(prims::channel_affine(x, &scale, &shift)?);
+            return act_opt(&prims::channel_affine(x, &scale, &shift)?, act, self.ops);
         }
         let per_channel = x.elem_count() / x.dim(1)?;
         if per_channel < 2 {
@@ -350,8 +352,14 @@ impl GraphModule {
                 ),
             ));
         }
-        let (y, mean, var) =
-            prims::batch_norm_train(x, bn.weight.as_tensor(), bn.bias.as_tensor(), eps, self.ops)?;
+        let (y, mean, var) = prims::batch_norm_act_train(
+            x,
+            bn.weight.as_tensor(),
+            bn.bias.as_tensor(),
+            eps,
+            act,
+            self.ops,
+        )?;
         let m = bn.cfg.momentum;
         let unbias = per_channel as f64 / (per_channel - 1) as f64;
         let rm = ((bn.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;

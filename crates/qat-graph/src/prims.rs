@@ -4,7 +4,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::ir::Conv2dCfg;
+use crate::ir::{Act, Conv2dCfg};
 
 /// Which implementation of the hot primitives the executor uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -95,6 +95,33 @@ pub(crate) fn batch_norm_train(
         .broadcast_mul(&scale)?
         .broadcast_add(&beta.reshape(shape.as_slice())?)?;
     Ok((y, mean.reshape(c)?, var.reshape(c)?))
+}
+
+/// [`batch_norm_train`] then the optional activation; on the fast path one fused op
+/// ([`crate::ops::batch_norm_act_train`]) with the same values and gradients.
+pub(crate) fn batch_norm_act_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Option<Act>,
+    path: OpsPath,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let bounds = match act {
+        None => return batch_norm_train(x, gamma, beta, eps, path),
+        Some(Act::ReLU) => (0f32, f32::INFINITY),
+        Some(Act::ReLU6) => (0f32, 6f32),
+    };
+    if path == OpsPath::Fast && x.device().is_cpu() && x.rank() == 4 {
+        let o = crate::ops::batch_norm_act_train(x, gamma, beta, eps, bounds.0, bounds.1)?;
+        return Ok((o.y, o.mean, o.var));
+    }
+    let (y, mean, var) = batch_norm_train(x, gamma, beta, eps, path)?;
+    let y = match act {
+        Some(Act::ReLU) => relu(&y, path)?,
+        _ => relu6(&y, path)?,
+    };
+    Ok((y, mean, var))
 }
 
 fn channel_shape(x: &Tensor) -> Result<Vec<usize>> {

@@ -35,7 +35,8 @@ struct Clamp {
 impl Clamp {
     #[inline(always)]
     fn passes(&self, x: f32) -> bool {
-        x > self.min && (x < self.max || self.max == f32::INFINITY)
+        // Non-short-circuit `&` / `|`: branch-free, so the loops using it vectorize.
+        (x > self.min) & ((x < self.max) | (self.max == f32::INFINITY))
     }
 }
 

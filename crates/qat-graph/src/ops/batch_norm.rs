@@ -31,6 +31,8 @@ struct Stats {
     mean: Vec<f32>,
     invstd: Vec<f32>,
     var: Vec<f32>,
+    /// The bias the forward used (with an activation the backward recomputes `a·x + b`).
+    beta: Vec<f32>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -129,6 +131,106 @@ fn affine_generic<const FMA: bool>(o: &mut [f32], x: &[f32], a: f32, b: f32) {
 
 simd_dispatch!(fn affine = affine_generic(o: &mut [f32], x: &[f32], a: f32, b: f32));
 
+/// `o = clamp(a·x + b, lo, hi)` with the comparisons of [`super::activation`]'s clamp (NaN
+/// passes through).
+#[inline(always)]
+fn affine_clamp_generic<const FMA: bool>(
+    o: &mut [f32],
+    x: &[f32],
+    a: f32,
+    b: f32,
+    lo: f32,
+    hi: f32,
+) {
+    for (o, &x) in o.iter_mut().zip(x) {
+        let z = super::common::madd::<FMA>(a, x, b);
+        *o = if z < lo {
+            lo
+        } else if z > hi {
+            hi
+        } else {
+            z
+        };
+    }
+}
+
+simd_dispatch!(fn affine_clamp = affine_clamp_generic(o: &mut [f32], x: &[f32], a: f32, b: f32, lo: f32, hi: f32));
+
+/// The activation fused after the normalization: `clamp(z, min, max)` with PyTorch's gradient
+/// (passed only where `min < z < max`; `max = +inf` is ReLU, whose gradient `z = +inf` keeps).
+#[derive(Clone, Copy, Debug)]
+struct Act {
+    min: f32,
+    max: f32,
+}
+
+impl Act {
+    #[inline(always)]
+    fn passes(&self, z: f32) -> bool {
+        // Non-short-circuit `&` / `|`: branch-free, so the loops using it vectorize.
+        (z > self.min) & ((z < self.max) | (self.max == f32::INFINITY))
+    }
+}
+
+/// [`grad_sums_generic`] with the activation's gradient mask applied to `dy` first; the
+/// pre-activation `z = a·x + b` is recomputed exactly as the forward computed it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn grad_sums_act_generic<const FMA: bool>(
+    dy: &[f32],
+    x: &[f32],
+    mean: f32,
+    (a, b): (f32, f32),
+    act: Act,
+    out: &mut (f64, f64),
+) {
+    let mut acc = [0f32; 16];
+    let mut accg = [0f32; 16];
+    let mut cd = dy.chunks_exact(16);
+    let mut cx = x.chunks_exact(16);
+    for (g, v) in (&mut cd).zip(&mut cx) {
+        for i in 0..16 {
+            let z = super::common::madd::<FMA>(a, v[i], b);
+            let gi = if act.passes(z) { g[i] } else { 0.0 };
+            accg[i] += gi;
+            acc[i] = super::common::madd::<FMA>(gi, v[i] - mean, acc[i]);
+        }
+    }
+    let (mut tg, mut tx) = (0f32, 0f32);
+    for (&g, &v) in cd.remainder().iter().zip(cx.remainder()) {
+        let z = super::common::madd::<FMA>(a, v, b);
+        let gi = if act.passes(z) { g } else { 0.0 };
+        tg += gi;
+        tx += gi * (v - mean);
+    }
+    *out = (
+        accg.iter().sum::<f32>() as f64 + tg as f64,
+        acc.iter().sum::<f32>() as f64 + tx as f64,
+    );
+}
+
+simd_dispatch!(fn grad_sums_act = grad_sums_act_generic(dy: &[f32], x: &[f32], mean: f32, ab: (f32, f32), act: Act, out: &mut (f64, f64)));
+
+/// [`dx_generic`] with the activation's gradient mask on `dy`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dx_act_generic<const FMA: bool>(
+    o: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    (k, m, q): (f32, f32, f32),
+    (a, b): (f32, f32),
+    act: Act,
+) {
+    for ((o, &g), &x) in o.iter_mut().zip(dy).zip(x) {
+        let z = super::common::madd::<FMA>(a, x, b);
+        let g = if act.passes(z) { g } else { 0.0 };
+        *o = super::common::madd::<FMA>(k, g, super::common::madd::<FMA>(m, x, q));
+    }
+}
+
+simd_dispatch!(fn dx_act = dx_act_generic(o: &mut [f32], dy: &[f32], x: &[f32], kmq: (f32, f32, f32), ab: (f32, f32), act: Act));
+
 /// `dx = k·dy + m·x + q` element-wise.
 #[inline(always)]
 fn dx_generic<const FMA: bool>(o: &mut [f32], dy: &[f32], x: &[f32], k: f32, m: f32, q: f32) {
@@ -143,6 +245,7 @@ simd_dispatch!(fn dx_kernel = dx_generic(o: &mut [f32], dy: &[f32], x: &[f32], k
 struct BnForward {
     d: Dims,
     eps: f64,
+    act: Option<Act>,
     stats: Arc<Mutex<Stats>>,
 }
 
@@ -187,12 +290,25 @@ impl CustomOp3 for BnForward {
         per_plane(&mut y, d, |i, o| {
             let c = i % d.c;
             let a = gamma[c] * invstd[c];
-            affine(o, plane(i), a, beta[c] - a * mean[c]);
+            let b = beta[c] - a * mean[c];
+            match self.act {
+                None => affine(o, plane(i), a, b),
+                Some(act) => affine_clamp(o, plane(i), a, b, act.min, act.max),
+            }
         });
         *self
             .stats
             .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Stats { mean, invstd, var };
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Stats {
+            mean,
+            invstd,
+            var,
+            beta: if self.act.is_some() {
+                beta.to_vec()
+            } else {
+                Vec::new()
+            },
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -210,6 +326,7 @@ impl CustomOp3 for BnForward {
             gamma,
             &BnBackward {
                 d: self.d,
+                act: self.act,
                 stats: self.stats.clone(),
             },
         )?;
@@ -225,6 +342,7 @@ impl CustomOp3 for BnForward {
 /// `(x, dy, gamma) -> [dx (N·C·H·W) | dgamma (C) | dbeta (C)]`, flat.
 struct BnBackward {
     d: Dims,
+    act: Option<Act>,
     stats: Arc<Mutex<Stats>>,
 }
 
@@ -257,17 +375,21 @@ impl CustomOp3 for BnBackward {
             )
         }
         let m = d.count() as f64;
-        // Per channel: Σdy and Σdy·(x − mean).
+        // The forward's affine coefficients, to recompute the pre-activation bit for bit.
+        let ab = |c: usize| {
+            let a = gamma[c] * st.invstd[c];
+            (a, st.beta[c] - a * st.mean[c])
+        };
+        // Per channel: Σdy and Σdy·(x − mean) (dy masked by the activation's gradient).
         let sums: Vec<(f64, f64)> = per_channel(d, |c| {
             let (mut sdy, mut sdyxc) = (0f64, 0f64);
             for n in 0..d.n {
                 let mut s = (0f64, 0f64);
-                grad_sums(
-                    plane_of(dy, d, n * d.c + c),
-                    plane_of(x, d, n * d.c + c),
-                    st.mean[c],
-                    &mut s,
-                );
+                let (dyp, xp) = (plane_of(dy, d, n * d.c + c), plane_of(x, d, n * d.c + c));
+                match self.act {
+                    None => grad_sums(dyp, xp, st.mean[c], &mut s),
+                    Some(act) => grad_sums_act(dyp, xp, st.mean[c], ab(c), act, &mut s),
+                }
                 sdy += s.0;
                 sdyxc += s.1;
             }
@@ -283,14 +405,11 @@ impl CustomOp3 for BnBackward {
             let k = gamma[c] as f64 * inv;
             let mx = -k * sdyxc * inv * inv / m;
             let q = -k * sdy / m - mx * st.mean[c] as f64;
-            dx_kernel(
-                o,
-                plane_of(dy, d, i),
-                plane_of(x, d, i),
-                k as f32,
-                mx as f32,
-                q as f32,
-            );
+            let (dyp, xp) = (plane_of(dy, d, i), plane_of(x, d, i));
+            match self.act {
+                None => dx_kernel(o, dyp, xp, k as f32, mx as f32, q as f32),
+                Some(act) => dx_act(o, dyp, xp, (k as f32, mx as f32, q as f32), ab(c), act),
+            }
         });
         for (c, &(sdy, sdyxc)) in sums.iter().enumerate() {
             tail[c] = (sdyxc * st.invstd[c] as f64) as f32;
@@ -329,14 +448,70 @@ pub fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<BatchNormTrainOutput> {
-    const OP: &str = "batch_norm_train";
-    let d = check(x, weight, bias, OP)?;
-    if eps.is_nan() || eps < 0.0 {
-        bail!("{OP}: eps must be >= 0, got {eps}")
+    bn_train(x, weight, bias, eps, None, "batch_norm_train")
+}
+
+/// [`batch_norm_train`] followed by `clamp(·, min, max)` in the same pass (ReLU: `max = +inf`,
+/// ReLU6: `0, 6`), with PyTorch's activation gradient (passed only where `min < z < max` for
+/// the normalized value `z`) folded into the BatchNorm backward: no activation tensor, no extra
+/// autograd node. Values and gradients equal [`batch_norm_train`] then
+/// [`clamp`](super::clamp). Errors as [`batch_norm_train`], and on `min > max` or NaN bounds.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::new(&[[[[-1f32, 2.0]], [[5.0, 9.0]]]], &Device::Cpu)?;
+/// let (g, b) = (Tensor::ones(2, candle_core::DType::F32, &Device::Cpu)?, Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu)?);
+/// let o = qat_graph::ops::batch_norm_act_train(&x, &g, &b, 1e-5, 0.0, 6.0)?;
+/// assert_eq!(o.y.flatten_all()?.to_vec1::<f32>()?[0], 0.0);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn batch_norm_act_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    min: f32,
+    max: f32,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "batch_norm_act_train";
+    if min.is_nan() || max.is_nan() || min > max {
+        bail!("{OP}: need min <= max, got min {min}, max {max}")
     }
-    let x = f32_contiguous(x, OP, "input")?;
-    let weight = f32_contiguous(weight, OP, "weight")?;
-    let bias = f32_contiguous(bias, OP, "bias")?;
+    bn_train(x, weight, bias, eps, Some(Act { min, max }), OP)
+}
+
+/// [`batch_norm_act_train`] as candle ops: [`batch_norm_train_slow`] then
+/// [`clamp_slow`](super::clamp_slow) (the reference for tests and benches).
+pub fn batch_norm_act_train_slow(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    min: f32,
+    max: f32,
+) -> Result<BatchNormTrainOutput> {
+    let o = batch_norm_train_slow(x, weight, bias, eps)?;
+    Ok(BatchNormTrainOutput {
+        y: super::clamp_slow(&o.y, min, max)?,
+        ..o
+    })
+}
+
+fn bn_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    act: Option<Act>,
+    op_name: &str,
+) -> Result<BatchNormTrainOutput> {
+    let d = check(x, weight, bias, op_name)?;
+    if eps.is_nan() || eps < 0.0 {
+        bail!("{op_name}: eps must be >= 0, got {eps}")
+    }
+    let x = f32_contiguous(x, op_name, "input")?;
+    let weight = f32_contiguous(weight, op_name, "weight")?;
+    let bias = f32_contiguous(bias, op_name, "bias")?;
     let stats = Arc::new(Mutex::new(Stats::default()));
     let y = x.apply_op3(
         &weight,
@@ -344,6 +519,7 @@ pub fn batch_norm_train(
         BnForward {
             d,
             eps,
+            act,
             stats: stats.clone(),
         },
     )?;

@@ -3,10 +3,15 @@
 //!
 //! candle 0.11 runs a grouped conv as one conv per channel plus `cat`, and its backward builds a
 //! full-size zero-padded gradient per channel (MEASURED.md: 77 ms forward, 0.5–1.7 s backward for
-//! 144 ch @ 56×56 ×8). Here every (image, channel) plane is a direct loop whose innermost loop runs
-//! over contiguous output columns, so LLVM vectorizes it. Strided convs first split each input row
-//! into its `stride` phases (`x[j*s + r]` → phase `r`), which turns every tap into a contiguous
-//! slice again; the input gradient is accumulated in the same phase layout and interleaved back.
+//! 144 ch @ 56×56 ×8). Here each (image, channel) plane is first copied into `stride²` zero-padded
+//! *phase planes* (`P[ry][rx][i][j] = x_padded[s·i + ry][s·j + rx]`), each `Hp × Wp` with
+//! `Wp = Wo + max column shift`. In that layout every kernel tap is one contiguous slice of
+//! length `L = (Ho − 1)·Wp + Wo`: output `oy·Wp + ox` reads phase-plane element
+//! `oy·Wp + ox + (shift_y·Wp + shift_x)`. So the forward is one long `axpy` per tap, the input
+//! gradient one long `axpy` per tap into phase-plane gradients, and the weight gradient one long
+//! `dot` per tap — instead of per-row loops of 7–28 elements that LLVM cannot vectorize well.
+//! The `Wp − Wo` extra columns per row compute values that are dropped (forward) or multiply an
+//! output gradient laid out with zeros there (backward), so they never leak into results.
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -28,18 +33,11 @@ struct Geom {
     dil: usize,
     ho: usize,
     wo: usize,
-    /// Per kernel column: where tap `kx` reads in a phase-split input row.
-    taps: Vec<Tap>,
-    /// Start of each stride phase inside a phase-split row.
-    phase_off: Vec<usize>,
-}
-
-/// For kernel column `kx`, output columns `lo..hi` read phase-split row index `ox + base`.
-#[derive(Clone, Copy, Debug)]
-struct Tap {
-    base: isize,
-    lo: usize,
-    hi: usize,
+    /// Rows and columns of one phase plane.
+    hp: usize,
+    wp: usize,
+    /// Per tap `ky·KW + kx`: its start in the phase-plane buffer (phase base + shift).
+    tap_start: Vec<usize>,
 }
 
 impl Geom {
@@ -73,28 +71,16 @@ impl Geom {
         }
         let ho = (h + 2 * pad - eh) / stride + 1;
         let wo = (wd + 2 * pad - ew) / stride + 1;
-        let phase_len = |r: usize| if wd > r { (wd - r).div_ceil(stride) } else { 0 };
-        let mut phase_off = Vec::with_capacity(stride);
-        let mut off = 0;
-        for r in 0..stride {
-            phase_off.push(off);
-            off += phase_len(r);
+        let hp = ho + (eh - 1) / stride;
+        let wp = wo + (ew - 1) / stride;
+        let mut tap_start = Vec::with_capacity(kh * kw);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let (ty, tx) = (ky * dil, kx * dil);
+                let phase = (ty % stride) * stride + tx % stride;
+                tap_start.push(phase * hp * wp + (ty / stride) * wp + tx / stride);
+            }
         }
-        let taps = (0..kw)
-            .map(|kx| {
-                let t = (kx * dil) as isize - pad as isize;
-                let s = stride as isize;
-                let (r, q) = (t.rem_euclid(s), t.div_euclid(s));
-                let len = phase_len(r as usize) as isize;
-                let lo = (-q).max(0).min(wo as isize);
-                let hi = (len - q).min(wo as isize).max(lo);
-                Tap {
-                    base: phase_off[r as usize] as isize + q,
-                    lo: lo as usize,
-                    hi: hi as usize,
-                }
-            })
-            .collect();
         Ok(Self {
             n,
             c,
@@ -107,16 +93,10 @@ impl Geom {
             dil,
             ho,
             wo,
-            taps,
-            phase_off,
+            hp,
+            wp,
+            tap_start,
         })
-    }
-
-    /// Input row read by output row `oy` through kernel row `ky`, if inside the image.
-    #[inline(always)]
-    fn in_row(&self, oy: usize, ky: usize) -> Option<usize> {
-        let iy = (oy * self.stride + ky * self.dil).checked_sub(self.pad)?;
-        (iy < self.h).then_some(iy)
     }
 
     fn in_plane(&self) -> usize {
@@ -127,37 +107,122 @@ impl Geom {
         self.ho * self.wo
     }
 
-    /// Splits each row of `x` into its stride phases (`dst` is `h * w`).
+    /// Length of the phase-plane buffer (all `stride²` phases).
+    fn phases_len(&self) -> usize {
+        self.stride * self.stride * self.hp * self.wp
+    }
+
+    /// Length of the flat output range every tap covers.
+    fn span(&self) -> usize {
+        (self.ho - 1) * self.wp + self.wo
+    }
+
+    /// Scratch per plane: the phase planes plus one `span`-long row buffer.
+    fn scratch_len(&self) -> usize {
+        self.phases_len() + self.span()
+    }
+
+    /// The input row of padded phase row `i` of row phase `r`, if inside the image.
     #[inline(always)]
-    fn split_phases(&self, x: &[f32], dst: &mut [f32]) {
-        let (w, s) = (self.w, self.stride);
-        for (src, dst) in x.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
-            for (r, &off) in self.phase_off.iter().enumerate() {
-                for (d, &v) in dst[off..].iter_mut().zip(src.iter().skip(r).step_by(s)) {
-                    *d = v;
+    fn src_row(&self, i: usize, r: usize) -> Option<usize> {
+        (i * self.stride + r)
+            .checked_sub(self.pad)
+            .filter(|&v| v < self.h)
+    }
+
+    /// For column phase `rx`: the phase columns `j0..j1` that fall inside the image, and the
+    /// input column of `j0` (later ones follow every `stride` columns).
+    #[inline(always)]
+    fn col_range(&self, rx: usize) -> (usize, usize, usize) {
+        let s = self.stride;
+        // First j with s·j + rx >= pad, and first j with s·j + rx >= pad + w.
+        let first = |bound: usize| {
+            if bound > rx {
+                (bound - rx).div_ceil(s)
+            } else {
+                0
+            }
+        };
+        let j0 = first(self.pad).min(self.wp);
+        let j1 = first(self.pad + self.w).clamp(j0, self.wp);
+        (j0, j1, (j0 * s + rx).saturating_sub(self.pad))
+    }
+
+    /// Copies one input plane into zero-padded phase planes (`dst` is `phases_len`).
+    #[inline(always)]
+    fn to_phases(&self, x: &[f32], dst: &mut [f32]) {
+        let s = self.stride;
+        for (ph, plane) in dst.chunks_exact_mut(self.hp * self.wp).enumerate() {
+            let (ry, rx) = (ph / s, ph % s);
+            let (j0, j1, ix0) = self.col_range(rx);
+            for (i, row) in plane.chunks_exact_mut(self.wp).enumerate() {
+                let Some(iy) = self.src_row(i, ry) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                let xrow = &x[iy * self.w + ix0..(iy + 1) * self.w];
+                row[..j0].fill(0.0);
+                if s == 1 {
+                    row[j0..j1].copy_from_slice(&xrow[..j1 - j0]);
+                } else {
+                    for (v, &xv) in row[j0..j1].iter_mut().zip(xrow.iter().step_by(s)) {
+                        *v = xv;
+                    }
+                }
+                row[j1..].fill(0.0);
+            }
+        }
+    }
+
+    /// Adds phase-plane gradients back onto the input plane's gradient (`dx` fully written).
+    #[inline(always)]
+    fn from_phases(&self, src: &[f32], dx: &mut [f32]) {
+        let s = self.stride;
+        if s > 1 {
+            // Phases interleave: some input positions may be covered by no phase row.
+            dx.fill(0.0);
+        }
+        for (ph, plane) in src.chunks_exact(self.hp * self.wp).enumerate() {
+            let (ry, rx) = (ph / s, ph % s);
+            let (j0, j1, ix0) = self.col_range(rx);
+            for (i, row) in plane.chunks_exact(self.wp).enumerate() {
+                let Some(iy) = self.src_row(i, ry) else {
+                    continue;
+                };
+                let dxrow = &mut dx[iy * self.w + ix0..(iy + 1) * self.w];
+                if s == 1 {
+                    dxrow[..j1 - j0].copy_from_slice(&row[j0..j1]);
+                } else {
+                    for (d, &v) in dxrow.iter_mut().step_by(s).zip(&row[j0..j1]) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+        if s == 1 {
+            // Rows / columns no phase element maps to (beyond Hp or Wp) got no gradient.
+            let rows = self.hp.saturating_sub(self.pad).min(self.h);
+            let (j0, j1, ix0) = self.col_range(0);
+            for (iy, row) in dx.chunks_exact_mut(self.w).enumerate() {
+                if iy >= rows {
+                    row.fill(0.0);
+                } else {
+                    row[..ix0].fill(0.0);
+                    row[ix0 + (j1 - j0)..].fill(0.0);
                 }
             }
         }
     }
 
-    /// Inverse of [`Geom::split_phases`].
+    /// Lays an output-gradient plane out with row stride `Wp`, zeros in the extra columns.
     #[inline(always)]
-    fn merge_phases(&self, src: &[f32], x: &mut [f32]) {
-        let (w, s) = (self.w, self.stride);
-        for (src, dst) in src.chunks_exact(w).zip(x.chunks_exact_mut(w)) {
-            for (r, &off) in self.phase_off.iter().enumerate() {
-                for (d, &v) in dst.iter_mut().skip(r).step_by(s).zip(&src[off..]) {
-                    *d = v;
-                }
-            }
+    fn spread_rows(&self, dy: &[f32], dst: &mut [f32]) {
+        for (oy, row) in dy.chunks_exact(self.wo).enumerate() {
+            let start = oy * self.wp;
+            dst[start..start + self.wo].copy_from_slice(row);
+            let end = (start + self.wp).min(dst.len());
+            dst[start + self.wo..end].fill(0.0);
         }
-    }
-
-    /// The slice of a phase-split row `row` that tap `t` reads for its output columns.
-    #[inline(always)]
-    fn tap_slice<'a>(&self, row: &'a [f32], t: &Tap) -> &'a [f32] {
-        let start = (t.lo as isize + t.base) as usize;
-        &row[start..start + (t.hi - t.lo)]
     }
 }
 
@@ -169,21 +234,14 @@ fn fwd_plane_generic<const FMA: bool>(
     wk: &[f32],
     out: &mut [f32],
 ) {
-    let src: &[f32] = if g.stride == 1 {
-        x
-    } else {
-        g.split_phases(x, scratch);
-        scratch
-    };
-    out.fill(0.0);
+    let (phases, acc) = scratch.split_at_mut(g.phases_len());
+    g.to_phases(x, phases);
+    acc.fill(0.0);
+    for (&start, &wv) in g.tap_start.iter().zip(wk) {
+        axpy::<FMA>(acc, wv, &phases[start..start + acc.len()]);
+    }
     for (oy, orow) in out.chunks_exact_mut(g.wo).enumerate() {
-        for ky in 0..g.kh {
-            let Some(iy) = g.in_row(oy, ky) else { continue };
-            let xrow = &src[iy * g.w..(iy + 1) * g.w];
-            for (tap, &wv) in g.taps.iter().zip(&wk[ky * g.kw..(ky + 1) * g.kw]) {
-                axpy::<FMA>(&mut orow[tap.lo..tap.hi], wv, g.tap_slice(xrow, tap));
-            }
-        }
+        orow.copy_from_slice(&acc[oy * g.wp..oy * g.wp + g.wo]);
     }
 }
 
@@ -197,27 +255,13 @@ fn input_grad_plane_generic<const FMA: bool>(
     wk: &[f32],
     dx: &mut [f32],
 ) {
-    let w = g.w;
-    let acc: &mut [f32] = if g.stride == 1 {
-        &mut *dx
-    } else {
-        &mut *scratch
-    };
-    acc.fill(0.0);
-    for (oy, dyrow) in dy.chunks_exact(g.wo).enumerate() {
-        for ky in 0..g.kh {
-            let Some(iy) = g.in_row(oy, ky) else { continue };
-            let arow = &mut acc[iy * w..(iy + 1) * w];
-            for (tap, &wv) in g.taps.iter().zip(&wk[ky * g.kw..(ky + 1) * g.kw]) {
-                let start = (tap.lo as isize + tap.base) as usize;
-                let len = tap.hi - tap.lo;
-                axpy::<FMA>(&mut arow[start..start + len], wv, &dyrow[tap.lo..tap.hi]);
-            }
-        }
+    let (dphases, dyw) = scratch.split_at_mut(g.phases_len());
+    g.spread_rows(dy, dyw);
+    dphases.fill(0.0);
+    for (&start, &wv) in g.tap_start.iter().zip(wk) {
+        axpy::<FMA>(&mut dphases[start..start + dyw.len()], wv, dyw);
     }
-    if g.stride != 1 {
-        g.merge_phases(scratch, dx);
-    }
+    g.from_phases(dphases, dx);
 }
 
 simd_dispatch!(fn input_grad_plane = input_grad_plane_generic(g: &Geom, dy: &[f32], scratch: &mut [f32], wk: &[f32], dx: &mut [f32]));
@@ -231,20 +275,11 @@ fn weight_grad_plane_generic<const FMA: bool>(
     dy: &[f32],
     dw: &mut [f32],
 ) {
-    let src: &[f32] = if g.stride == 1 {
-        x
-    } else {
-        g.split_phases(x, scratch);
-        scratch
-    };
-    for (oy, dyrow) in dy.chunks_exact(g.wo).enumerate() {
-        for ky in 0..g.kh {
-            let Some(iy) = g.in_row(oy, ky) else { continue };
-            let xrow = &src[iy * g.w..(iy + 1) * g.w];
-            for (tap, d) in g.taps.iter().zip(&mut dw[ky * g.kw..(ky + 1) * g.kw]) {
-                *d += dot::<FMA>(&dyrow[tap.lo..tap.hi], g.tap_slice(xrow, tap));
-            }
-        }
+    let (phases, dyw) = scratch.split_at_mut(g.phases_len());
+    g.to_phases(x, phases);
+    g.spread_rows(dy, dyw);
+    for (&start, d) in g.tap_start.iter().zip(dw.iter_mut()) {
+        *d += dot::<FMA>(dyw, &phases[start..start + dyw.len()]);
     }
 }
 
@@ -295,7 +330,7 @@ impl CustomOp2 for DwForward {
         let x = slice_f32(s1, l1, self.name(), "input")?;
         let wt = slice_f32(s2, l2, self.name(), "weight")?;
         let mut out = vec![0f32; g.n * g.c * g.out_plane()];
-        let scratch = if g.stride == 1 { 0 } else { g.in_plane() };
+        let scratch = g.scratch_len();
         for_planes(&mut out, g.out_plane(), scratch, |i, o, s| {
             let c = i % g.c;
             let xp = &x[i * g.in_plane()..(i + 1) * g.in_plane()];
@@ -337,7 +372,7 @@ impl CustomOp2 for DwInputGrad {
         let dy = slice_f32(s1, l1, self.name(), "output gradient")?;
         let wt = slice_f32(s2, l2, self.name(), "weight")?;
         let mut dx = vec![0f32; g.n * g.c * g.in_plane()];
-        let scratch = if g.stride == 1 { 0 } else { g.in_plane() };
+        let scratch = g.scratch_len();
         for_planes(&mut dx, g.in_plane(), scratch, |i, o, s| {
             let c = i % g.c;
             let dyp = &dy[i * g.out_plane()..(i + 1) * g.out_plane()];
@@ -367,7 +402,7 @@ impl CustomOp2 for DwWeightGrad {
         let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
         let k = g.kh * g.kw;
         let mut dw = vec![0f32; g.c * k];
-        let scratch_len = if g.stride == 1 { 0 } else { g.in_plane() };
+        let scratch_len = g.scratch_len();
         let channel = |c: usize, dwc: &mut [f32], scratch: &mut Vec<f32>| {
             for n in 0..g.n {
                 let i = n * g.c + c;

@@ -15,11 +15,18 @@ mod common;
 mod activation;
 mod batch_norm;
 mod bias;
+mod channel;
 mod depthwise;
 mod pointwise;
 
 pub use activation::{clamp, clamp_slow, relu, relu6, relu6_slow, relu_slow};
-pub use batch_norm::{batch_norm_train, batch_norm_train_slow, BatchNormTrainOutput};
+pub use batch_norm::{
+    batch_norm_act_train, batch_norm_act_train_slow, batch_norm_train, batch_norm_train_slow,
+    BatchNormTrainOutput,
+};
 pub use bias::{bias_add_nchw, bias_add_nchw_slow};
+pub use channel::{
+    channel_affine_nchw, channel_affine_nchw_slow, channel_div_nchw, channel_div_nchw_slow,
+};
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_dilated, depthwise_conv2d_slow};
 pub use pointwise::{conv1x1, conv1x1_slow};

@@ -1,0 +1,292 @@
+//! Per-channel scale (or divide) and shift of NCHW tensors, `y = x·s[c] + b[c]` or
+//! `y = x / s[c] + b[c]`, with a one-pass backward.
+//!
+//! Eval-mode BatchNorm, frozen QAT BatchNorm and the QAT Conv+BN folding (`conv / scale_factor`)
+//! are these ops. As candle broadcasts they cost a copy per broadcast operand forward, and their
+//! backward reduces the gradient over batch and space with candle's generic strided `sum`
+//! (a third of a QAT step). Here the forward is one pass and the backward one pass for `dx`
+//! plus two vectorized per-plane sums (`Σ dy`, `Σ dy·x`) for the parameter gradients.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::common::{dims4, dot, f32_contiguous, simd_dispatch, slice_f32, sum, PAR_MIN_ELEMS};
+
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c: usize,
+    plane: usize,
+}
+
+/// `y = x·s + b` (or `x / s + b`) over one plane, without FMA so the rounding equals candle's
+/// separate multiply / divide and add.
+#[inline(always)]
+fn fwd_plane_generic<const FMA: bool>(o: &mut [f32], x: &[f32], s: f32, b: f32, divide: bool) {
+    if divide {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = v / s + b;
+        }
+    } else {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = v * s + b;
+        }
+    }
+}
+
+simd_dispatch!(fn fwd_plane = fwd_plane_generic(o: &mut [f32], x: &[f32], s: f32, b: f32, divide: bool));
+
+/// `dx = dy·s` (or `dy / s`) over one plane.
+#[inline(always)]
+fn dx_plane_generic<const FMA: bool>(o: &mut [f32], dy: &[f32], s: f32, divide: bool) {
+    if divide {
+        for (o, &g) in o.iter_mut().zip(dy) {
+            *o = g / s;
+        }
+    } else {
+        for (o, &g) in o.iter_mut().zip(dy) {
+            *o = g * s;
+        }
+    }
+}
+
+simd_dispatch!(fn dx_plane = dx_plane_generic(o: &mut [f32], dy: &[f32], s: f32, divide: bool));
+
+/// `(Σ dy, Σ dy·x)` over one plane.
+#[inline(always)]
+fn sums_plane_generic<const FMA: bool>(dy: &[f32], x: &[f32], out: &mut (f64, f64)) {
+    *out = (sum(dy) as f64, dot::<FMA>(dy, x) as f64);
+}
+
+simd_dispatch!(fn sums_plane = sums_plane_generic(dy: &[f32], x: &[f32], out: &mut (f64, f64)));
+
+/// Runs `f(plane_index, plane)` over the planes of `out`, in parallel when big.
+fn per_plane(out: &mut [f32], plane: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if plane == 0 {
+        return;
+    }
+    if out.len() < PAR_MIN_ELEMS {
+        out.chunks_exact_mut(plane)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o));
+    } else {
+        out.par_chunks_exact_mut(plane)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o));
+    }
+}
+
+/// `(x [N,C,H,W], s [C], b [C]) -> y`.
+struct ChannelAffine {
+    d: Dims,
+    divide: bool,
+}
+
+impl CustomOp3 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "channel_affine_nchw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name(), "input")?;
+        let s = slice_f32(s2, l2, self.name(), "scale")?;
+        let b = slice_f32(s3, l3, self.name(), "shift")?;
+        let d = self.d;
+        let mut y = vec![0f32; x.len()];
+        per_plane(&mut y, d.plane, |i, o| {
+            let c = i % d.c;
+            fwd_plane(
+                o,
+                &x[i * d.plane..(i + 1) * d.plane],
+                s[c],
+                b[c],
+                self.divide,
+            );
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        s: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let packed = x.apply_op3_no_bwd(
+            &grad,
+            s,
+            &ChannelAffineBackward {
+                d: self.d,
+                divide: self.divide,
+            },
+        )?;
+        let (len, c) = (x.elem_count(), self.d.c);
+        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
+        let ds = packed.narrow(0, len, c)?;
+        let db = packed.narrow(0, len + c, c)?;
+        Ok((Some(dx), Some(ds), Some(db)))
+    }
+}
+
+/// `(x, dy, s) -> [dx (N·C·H·W) | ds (C) | db (C)]`, flat.
+struct ChannelAffineBackward {
+    d: Dims,
+    divide: bool,
+}
+
+impl CustomOp3 for ChannelAffineBackward {
+    fn name(&self) -> &'static str {
+        "channel_affine_nchw_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name(), "input")?;
+        let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
+        let s = slice_f32(s3, l3, self.name(), "scale")?;
+        let d = self.d;
+        if dy.len() != x.len() || s.len() != d.c {
+            bail!(
+                "{}: gradient or scale does not match the input",
+                self.name()
+            )
+        }
+        let plane = |i: usize| i * d.plane..(i + 1) * d.plane;
+        let sums = |c: usize| {
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for n in 0..d.n {
+                let r = plane(n * d.c + c);
+                let mut o = (0f64, 0f64);
+                sums_plane(&dy[r.clone()], &x[r], &mut o);
+                sg += o.0;
+                sgx += o.1;
+            }
+            (sg, sgx)
+        };
+        let sums: Vec<(f64, f64)> = if x.len() < PAR_MIN_ELEMS {
+            (0..d.c).map(sums).collect()
+        } else {
+            (0..d.c).into_par_iter().map(sums).collect()
+        };
+        let mut out = vec![0f32; x.len() + 2 * d.c];
+        let (dx, tail) = out.split_at_mut(x.len());
+        per_plane(dx, d.plane, |i, o| {
+            dx_plane(o, &dy[plane(i)], s[i % d.c], self.divide);
+        });
+        for (c, &(sg, sgx)) in sums.iter().enumerate() {
+            let sc = s[c] as f64;
+            // d(x / s)/ds = −x / s².
+            tail[c] = if self.divide {
+                (-sgx / (sc * sc)) as f32
+            } else {
+                sgx as f32
+            };
+            tail[d.c + c] = sg as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * d.c)))
+    }
+}
+
+fn check(x: &Tensor, s: &Tensor, b: Option<&Tensor>, op: &str) -> Result<Dims> {
+    let (n, c, h, w) = dims4(x, op, "input")?;
+    if s.dims() != [c] {
+        bail!("{op}: scale must have shape [{c}], got {:?}", s.dims())
+    }
+    if let Some(b) = b {
+        if b.dims() != [c] {
+            bail!("{op}: shift must have shape [{c}], got {:?}", b.dims())
+        }
+    }
+    Ok(Dims { n, c, plane: h * w })
+}
+
+fn apply(
+    x: &Tensor,
+    s: &Tensor,
+    b: Option<&Tensor>,
+    divide: bool,
+    op: &'static str,
+) -> Result<Tensor> {
+    let d = check(x, s, b, op)?;
+    let x = f32_contiguous(x, op, "input")?;
+    let s = f32_contiguous(s, op, "scale")?;
+    let b = match b {
+        Some(b) => f32_contiguous(b, op, "shift")?,
+        None => Tensor::zeros(d.c, x.dtype(), x.device())?,
+    };
+    x.apply_op3(&s, &b, ChannelAffine { d, divide })
+}
+
+/// `y[n, c, h, w] = x[n, c, h, w] · scale[c] + shift[c]` on NCHW f32 tensors (shift optional),
+/// with autograd to all inputs. The rounding equals candle's `broadcast_mul` then
+/// `broadcast_add`. Errors on a non-rank-4 input, `[C]` shape mismatches, non-f32 / non-CPU
+/// tensors.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::ones((1, 2, 2, 2), candle_core::DType::F32, &Device::Cpu)?;
+/// let s = Tensor::new(&[2f32, 3.0], &Device::Cpu)?;
+/// let y = qat_graph::ops::channel_affine_nchw(&x, &s, Some(&s))?;
+/// assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, [4.0, 4.0, 4.0, 4.0, 6.0, 6.0, 6.0, 6.0]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn channel_affine_nchw(x: &Tensor, scale: &Tensor, shift: Option<&Tensor>) -> Result<Tensor> {
+    apply(x, scale, shift, false, "channel_affine_nchw")
+}
+
+/// `y[n, c, h, w] = x[n, c, h, w] / divisor[c] + shift[c]` (shift optional), with autograd;
+/// rounding as candle's `broadcast_div` then `broadcast_add`. Errors as
+/// [`channel_affine_nchw`].
+pub fn channel_div_nchw(x: &Tensor, divisor: &Tensor, shift: Option<&Tensor>) -> Result<Tensor> {
+    apply(x, divisor, shift, true, "channel_div_nchw")
+}
+
+fn slow(x: &Tensor, s: &Tensor, b: Option<&Tensor>, divide: bool, op: &str) -> Result<Tensor> {
+    let d = check(x, s, b, op)?;
+    let s = s.reshape((1, d.c, 1, 1))?;
+    let y = if divide {
+        x.broadcast_div(&s)?
+    } else {
+        x.broadcast_mul(&s)?
+    };
+    match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, d.c, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// [`channel_affine_nchw`] as candle broadcasts (the reference for tests).
+pub fn channel_affine_nchw_slow(
+    x: &Tensor,
+    scale: &Tensor,
+    shift: Option<&Tensor>,
+) -> Result<Tensor> {
+    slow(x, scale, shift, false, "channel_affine_nchw_slow")
+}
+
+/// [`channel_div_nchw`] as candle broadcasts (the reference for tests).
+pub fn channel_div_nchw_slow(
+    x: &Tensor,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+) -> Result<Tensor> {
+    slow(x, divisor, shift, true, "channel_div_nchw_slow")
+}

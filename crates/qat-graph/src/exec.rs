@@ -340,7 +340,8 @@ impl GraphModule {
             // PyTorch's CPU eval kernel form: y = x * (γ / √(var + ε)) + (β − mean · that).
             let scale = (bn.weight.as_tensor() / (bn.running_var.as_tensor() + eps)?.sqrt()?)?;
             let shift = (bn.bias.as_tensor() - (bn.running_mean.as_tensor() * &scale)?)?;
-            return act_opt(&prims::channel_affine(x, &scale, &shift)?, act, self.ops);
+            let y = prims::channel_affine_on(x, &scale, &shift, self.ops)?;
+            return act_opt(&y, act, self.ops);
         }
         let per_channel = x.elem_count() / x.dim(1)?;
         if per_channel < 2 {

@@ -63,11 +63,68 @@ pub(crate) fn hardswish(x: &Tensor) -> Result<Tensor> {
     x * gate
 }
 
-/// Per-channel `x * scale + shift` where channels are axis 1 of a rank-2 or rank-4 tensor.
+/// Per-channel `x * scale + shift` where channels are axis 1 of a rank-2 or rank-4 tensor, on
+/// the default path.
 pub(crate) fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    channel_affine_on(x, scale, shift, OpsPath::default())
+}
+
+/// [`channel_affine`] on an explicit path (fast: one op whose backward is one pass, instead of
+/// two broadcasts whose backward reduces with candle's strided sums).
+pub(crate) fn channel_affine_on(
+    x: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    path: OpsPath,
+) -> Result<Tensor> {
+    if path == OpsPath::Fast && x.device().is_cpu() {
+        return with_nchw(x, |x4| {
+            crate::ops::channel_affine_nchw(x4, scale, Some(shift))
+        });
+    }
     let shape = channel_shape(x)?;
     x.broadcast_mul(&scale.reshape(shape.as_slice())?)?
         .broadcast_add(&shift.reshape(shape.as_slice())?)
+}
+
+/// Per-channel `x / divisor (+ shift)` (channels on axis 1, rank 2 or 4) on the fast path: the
+/// QAT Conv+BN un-scaling `conv / scale_factor + bias`.
+pub(crate) fn channel_div(x: &Tensor, divisor: &Tensor, shift: Option<&Tensor>) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return with_nchw(x, |x4| crate::ops::channel_div_nchw(x4, divisor, shift));
+    }
+    let shape = channel_shape(x)?;
+    let y = x.broadcast_div(&divisor.reshape(shape.as_slice())?)?;
+    match shift {
+        Some(b) => y.broadcast_add(&b.reshape(shape.as_slice())?),
+        None => Ok(y),
+    }
+}
+
+/// Per-output-channel `w * scale[o]` of a conv `[O, I, KH, KW]` or linear `[O, I]` weight (the
+/// QAT BN folding), as one fast op on the CPU.
+pub(crate) fn weight_channel_scale(w: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    let o = w.dim(0)?;
+    if w.device().is_cpu() && w.rank() >= 2 {
+        // [O, rest] is NCHW with N = 1, C = O, H = rest, W = 1: the same per-channel op.
+        let w4 = w.reshape((1, o, w.elem_count() / o.max(1), 1))?;
+        return crate::ops::channel_affine_nchw(&w4, scale, None)?.reshape(w.shape());
+    }
+    let mut shape = vec![1; w.rank()];
+    shape[0] = o;
+    w.broadcast_mul(&scale.reshape(shape.as_slice())?)
+}
+
+/// Runs a rank-4 op on a rank-4 tensor, or on a rank-2 `[N, C]` one viewed as `[N, C, 1, 1]`.
+fn with_nchw(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    match *x.dims() {
+        [_, _, _, _] => f(x),
+        [n, c] => f(&x.reshape((n, c, 1, 1))?)?.reshape((n, c)),
+        ref d => candle_core::bail!(
+            "per-channel op on a rank-{} tensor (expected 2 or 4)",
+            d.len()
+        ),
+    }
 }
 
 /// BatchNorm with batch statistics: returns `(y, batch_mean, biased_batch_var)` with the

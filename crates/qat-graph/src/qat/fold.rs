@@ -43,16 +43,6 @@ pub enum BnStats {
     Running,
 }
 
-/// Per-channel shape `[C, 1, ..]` of a weight (`dims` of the weight) and `[1, C, 1, ..]` of
-/// the output.
-fn channel_shapes(weight_rank: usize, c: usize) -> (Vec<usize>, Vec<usize>) {
-    let mut w = vec![1; weight_rank];
-    w[0] = c;
-    let mut o = vec![1; weight_rank];
-    o[1] = c;
-    (w, o)
-}
-
 /// The folded forward (see the module docs). `op(x, w)` is the convolution or linear map
 /// without bias; `bias` is the conv / linear bias, added after un-scaling.
 pub fn folded_bn_forward(
@@ -64,21 +54,15 @@ pub fn folded_bn_forward(
     weight_fq: Option<&FqModule>,
     op: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
-    let c = bn.cfg.num_features;
-    let (wshape, oshape) = channel_shapes(weight.rank(), c);
     let running_std = (bn.running_var.as_detached_tensor() + bn.cfg.eps)?.sqrt()?;
     let scale_factor = bn.weight.as_tensor().div(&running_std)?;
-    let scaled = weight.broadcast_mul(&scale_factor.reshape(wshape.as_slice())?)?;
+    let scaled = prims::weight_channel_scale(weight, &scale_factor)?;
     let scaled = match weight_fq {
         Some(fq) => fq.forward(&scaled)?,
         None => scaled,
     };
     let y = op(x, &scaled)?;
-    let sf_out = scale_factor.reshape(oshape.as_slice())?;
-    let mut y = y.broadcast_div(&sf_out)?;
-    if let Some(b) = bias {
-        y = y.broadcast_add(&b.reshape(oshape.as_slice())?)?;
-    }
+    let y = prims::channel_div(&y, &scale_factor, bias)?;
     batch_norm(bn, &y, stats)
 }
 

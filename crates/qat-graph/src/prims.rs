@@ -12,7 +12,8 @@ pub enum OpsPath {
     /// Plain candle ops (slow depthwise conv, slow backward; the reference).
     Candle,
     /// `crate::ops` custom ops on the CPU where one exists for the case (depthwise conv, 1×1
-    /// conv as a GEMM, bias add, ReLU / ReLU6, train-mode BatchNorm2d), candle otherwise.
+    /// conv as a GEMM, bias add, ReLU / ReLU6, train-mode BatchNorm2d fused with its ReLU /
+    /// ReLU6, per-channel affine), candle otherwise.
     #[default]
     Fast,
 }

@@ -10,7 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::common::{dims4, dot, f32_contiguous, simd_dispatch, slice_f32, sum, PAR_MIN_ELEMS};
+use super::common::{dims4, f32_contiguous, simd_dispatch, slice_f32, PAR_MIN_ELEMS};
 
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -36,29 +36,62 @@ fn fwd_plane_generic<const FMA: bool>(o: &mut [f32], x: &[f32], s: f32, b: f32, 
 
 simd_dispatch!(fn fwd_plane = fwd_plane_generic(o: &mut [f32], x: &[f32], s: f32, b: f32, divide: bool));
 
-/// `dx = dy·s` (or `dy / s`) over one plane.
+/// `dx = dy·s` (or `dy / s`) over one plane, returning `(Σ dy, Σ dy·x)` from the same pass.
 #[inline(always)]
-fn dx_plane_generic<const FMA: bool>(o: &mut [f32], dy: &[f32], s: f32, divide: bool) {
-    if divide {
-        for (o, &g) in o.iter_mut().zip(dy) {
-            *o = g / s;
-        }
-    } else {
-        for (o, &g) in o.iter_mut().zip(dy) {
-            *o = g * s;
+fn bwd_plane_generic<const FMA: bool>(
+    o: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    s: f32,
+    divide: bool,
+) -> (f64, f64) {
+    let (mut sg, mut sgx) = ([0f32; 16], [0f32; 16]);
+    let mut co = o.chunks_exact_mut(16);
+    let mut cg = dy.chunks_exact(16);
+    let mut cx = x.chunks_exact(16);
+    for ((o, g), v) in (&mut co).zip(&mut cg).zip(&mut cx) {
+        for i in 0..16 {
+            o[i] = if divide { g[i] / s } else { g[i] * s };
+            sg[i] += g[i];
+            sgx[i] = super::common::madd::<FMA>(g[i], v[i], sgx[i]);
         }
     }
+    let (mut tg, mut tgx) = (0f32, 0f32);
+    for ((o, &g), &v) in co
+        .into_remainder()
+        .iter_mut()
+        .zip(cg.remainder())
+        .zip(cx.remainder())
+    {
+        *o = if divide { g / s } else { g * s };
+        tg += g;
+        tgx = super::common::madd::<FMA>(g, v, tgx);
+    }
+    (
+        sg.iter().sum::<f32>() as f64 + tg as f64,
+        sgx.iter().sum::<f32>() as f64 + tgx as f64,
+    )
 }
 
-simd_dispatch!(fn dx_plane = dx_plane_generic(o: &mut [f32], dy: &[f32], s: f32, divide: bool));
+fn bwd_plane(o: &mut [f32], dy: &[f32], x: &[f32], s: f32, divide: bool) -> (f64, f64) {
+    let mut r = (0f64, 0f64);
+    bwd_plane_into(o, dy, x, s, divide, &mut r);
+    r
+}
 
-/// `(Σ dy, Σ dy·x)` over one plane.
 #[inline(always)]
-fn sums_plane_generic<const FMA: bool>(dy: &[f32], x: &[f32], out: &mut (f64, f64)) {
-    *out = (sum(dy) as f64, dot::<FMA>(dy, x) as f64);
+fn bwd_plane_into_generic<const FMA: bool>(
+    o: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    s: f32,
+    divide: bool,
+    out: &mut (f64, f64),
+) {
+    *out = bwd_plane_generic::<FMA>(o, dy, x, s, divide);
 }
 
-simd_dispatch!(fn sums_plane = sums_plane_generic(dy: &[f32], x: &[f32], out: &mut (f64, f64)));
+simd_dispatch!(fn bwd_plane_into = bwd_plane_into_generic(o: &mut [f32], dy: &[f32], x: &[f32], s: f32, divide: bool, out: &mut (f64, f64)));
 
 /// Runs `f(plane_index, plane)` over the planes of `out`, in parallel when big.
 fn per_plane(out: &mut [f32], plane: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
@@ -170,27 +203,30 @@ impl CustomOp3 for ChannelAffineBackward {
             )
         }
         let plane = |i: usize| i * d.plane..(i + 1) * d.plane;
-        let sums = |c: usize| {
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for n in 0..d.n {
-                let r = plane(n * d.c + c);
-                let mut o = (0f64, 0f64);
-                sums_plane(&dy[r.clone()], &x[r], &mut o);
-                sg += o.0;
-                sgx += o.1;
-            }
-            (sg, sgx)
-        };
-        let sums: Vec<(f64, f64)> = if x.len() < PAR_MIN_ELEMS {
-            (0..d.c).map(sums).collect()
-        } else {
-            (0..d.c).into_par_iter().map(sums).collect()
-        };
         let mut out = vec![0f32; x.len() + 2 * d.c];
         let (dx, tail) = out.split_at_mut(x.len());
-        per_plane(dx, d.plane, |i, o| {
-            dx_plane(o, &dy[plane(i)], s[i % d.c], self.divide);
-        });
+        // One pass per (image, channel) plane writes dx and returns that plane's sums.
+        let run = |(i, o): (usize, &mut [f32])| {
+            bwd_plane(o, &dy[plane(i)], &x[plane(i)], s[i % d.c], self.divide)
+        };
+        let plane_sums: Vec<(f64, f64)> = if d.plane == 0 {
+            vec![(0.0, 0.0); d.n * d.c]
+        } else if x.len() < PAR_MIN_ELEMS {
+            dx.chunks_exact_mut(d.plane).enumerate().map(run).collect()
+        } else {
+            dx.par_chunks_exact_mut(d.plane)
+                .enumerate()
+                .map(run)
+                .collect()
+        };
+        let sums: Vec<(f64, f64)> = (0..d.c)
+            .map(|c| {
+                (0..d.n).fold((0f64, 0f64), |(a, b), n| {
+                    let p = plane_sums[n * d.c + c];
+                    (a + p.0, b + p.1)
+                })
+            })
+            .collect();
         for (c, &(sg, sgx)) in sums.iter().enumerate() {
             let sc = s[c] as f64;
             // d(x / s)/ds = −x / s².

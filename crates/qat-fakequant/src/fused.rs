@@ -1,7 +1,7 @@
 //! `FusedMovingAvgObsFakeQuantize`: the moving-average min / max observer and fake
 //! quantization in one module (PyTorch's fused variant for the default QAT qconfig).
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use candle_core::{bail, DType, Device, Error, Module, Result, Tensor};
 use qat_core::{choose_qparams, choose_qparams_per_channel, QDType, QScheme, TensorQParams};
@@ -12,6 +12,7 @@ use crate::fake_quant::fake_quantize_values;
 use crate::kernels::{self, Isa};
 use crate::op::f32_slice;
 use crate::state::{self, State, OBSERVER_PREFIX};
+use crate::switches::{switch_methods, Switches};
 
 const NAME: &str = "FusedMovingAvgObsFakeQuantize";
 
@@ -22,8 +23,7 @@ struct Inner {
     max: Vec<f32>,
     scale: Vec<f32>,
     zero_point: Vec<i32>,
-    observer_enabled: bool,
-    fake_quant_enabled: bool,
+    switches: Switches,
 }
 
 /// A moving-average min / max observer fused with fake quantization, per-tensor or
@@ -79,49 +79,14 @@ impl FusedMovingAvgObsFakeQuantize {
                 },
                 scale: vec![1.0],
                 zero_point: vec![0],
-                observer_enabled: true,
-                fake_quant_enabled: true,
+                switches: Switches::ON,
             }),
             config,
             averaging_constant,
         })
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
-        self.inner
-            .lock()
-            .map_err(|_| Error::Msg(format!("{NAME}: state poisoned by a panic")))
-    }
-
-    /// Switch the observer on or off (off: the range and qparams stay as they are).
-    pub fn enable_observer(&self, on: bool) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.observer_enabled = on;
-        }
-    }
-
-    /// Switch fake quantization on or off (off: `forward` is the identity).
-    pub fn enable_fake_quant(&self, on: bool) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.fake_quant_enabled = on;
-        }
-    }
-
-    /// Whether the observer is on.
-    pub fn observer_enabled(&self) -> bool {
-        self.inner
-            .lock()
-            .map(|g| g.observer_enabled)
-            .unwrap_or(false)
-    }
-
-    /// Whether fake quantization is on.
-    pub fn fake_quant_enabled(&self) -> bool {
-        self.inner
-            .lock()
-            .map(|g| g.fake_quant_enabled)
-            .unwrap_or(false)
-    }
+    switch_methods!();
 
     /// The quantized range.
     pub fn dtype(&self) -> QDType {
@@ -190,7 +155,7 @@ impl FusedMovingAvgObsFakeQuantize {
     /// the state unchanged.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut g = self.lock()?;
-        if g.observer_enabled {
+        if g.switches.observer {
             let (bmin, bmax) = self.batch_range(x)?;
             let observed = match self.config.scheme.axis() {
                 None => !(g.min[0] == f32::INFINITY && g.max[0] == f32::NEG_INFINITY),
@@ -221,7 +186,7 @@ impl FusedMovingAvgObsFakeQuantize {
             g.scale = q.scale;
             g.zero_point = q.zero_point;
         }
-        if !g.fake_quant_enabled {
+        if !g.switches.fake_quant {
             return Ok(x.clone());
         }
         let (lo, hi) = self.config.dtype.range();
@@ -253,14 +218,7 @@ impl FusedMovingAvgObsFakeQuantize {
         let g = self.lock()?;
         let mut st = State::new();
         state::qparams_tensors(&mut st, &g.scale, &g.zero_point)?;
-        st.insert(
-            "fake_quant_enabled".into(),
-            state::flag(g.fake_quant_enabled, DType::I64)?,
-        );
-        st.insert(
-            "observer_enabled".into(),
-            state::flag(g.observer_enabled, DType::I64)?,
-        );
+        g.switches.insert_state(&mut st, DType::I64)?;
         let dev = Device::Cpu;
         let (min, max) = if self.config.scheme.is_per_channel() {
             (
@@ -282,13 +240,12 @@ impl FusedMovingAvgObsFakeQuantize {
         let own = [
             "scale",
             "zero_point",
-            "fake_quant_enabled",
-            "observer_enabled",
+            Switches::NAMES[0],
+            Switches::NAMES[1],
         ];
         let (lo, hi) = self.config.dtype.range();
         let (scale, zero_point) = state::read_qparams(NAME, st, lo, hi)?;
-        let fq_on = state::read_flag(NAME, st, "fake_quant_enabled")?;
-        let obs_on = state::read_flag(NAME, st, "observer_enabled")?;
+        let switches = Switches::read(NAME, st)?;
         let obs = state::split_observer(NAME, st, &own)?;
         let read = |name: &str| -> Result<Vec<f32>> {
             let t = state::get(NAME, &obs, name).map_err(|_| {
@@ -332,8 +289,7 @@ impl FusedMovingAvgObsFakeQuantize {
         g.max = max;
         g.scale = scale;
         g.zero_point = zero_point;
-        g.fake_quant_enabled = fq_on;
-        g.observer_enabled = obs_on;
+        g.switches = switches;
         Ok(())
     }
 }

@@ -46,6 +46,7 @@ mod module;
 mod op;
 mod slow;
 mod state;
+mod switches;
 
 pub use fake_quant::{
     fake_quantize_per_channel, fake_quantize_per_channel_slow, fake_quantize_per_tensor,

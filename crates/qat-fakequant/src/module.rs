@@ -1,7 +1,7 @@
 //! `FakeQuantize`: an observer plus fake quantization, each switched on or off on its own
 //! (PyTorch's `torch.ao.quantization.FakeQuantize`).
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use candle_core::{bail, DType, Error, Module, Result, Tensor};
 use qat_core::{QDType, QScheme, TensorQParams};
@@ -9,6 +9,7 @@ use qat_observer::Observer;
 
 use crate::fake_quant::fake_quantize_values;
 use crate::state::{self, State, OBSERVER_PREFIX};
+use crate::switches::{switch_methods, Switches};
 
 const NAME: &str = "FakeQuantize";
 
@@ -17,8 +18,7 @@ struct Inner {
     observer: Box<dyn Observer>,
     scale: Vec<f32>,
     zero_point: Vec<i32>,
-    observer_enabled: bool,
-    fake_quant_enabled: bool,
+    switches: Switches,
 }
 
 /// An observer and fake quantization: `forward` observes the input (when the observer is
@@ -61,49 +61,14 @@ impl FakeQuantize {
                 observer,
                 scale: vec![1.0],
                 zero_point: vec![0],
-                observer_enabled: true,
-                fake_quant_enabled: true,
+                switches: Switches::ON,
             }),
             dtype,
             scheme,
         }
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
-        self.inner
-            .lock()
-            .map_err(|_| Error::Msg(format!("{NAME}: state poisoned by a panic")))
-    }
-
-    /// Switch the observer on or off (off: the qparams stay as they are).
-    pub fn enable_observer(&self, on: bool) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.observer_enabled = on;
-        }
-    }
-
-    /// Switch fake quantization on or off (off: `forward` is the identity).
-    pub fn enable_fake_quant(&self, on: bool) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.fake_quant_enabled = on;
-        }
-    }
-
-    /// Whether the observer is on.
-    pub fn observer_enabled(&self) -> bool {
-        self.inner
-            .lock()
-            .map(|g| g.observer_enabled)
-            .unwrap_or(false)
-    }
-
-    /// Whether fake quantization is on.
-    pub fn fake_quant_enabled(&self) -> bool {
-        self.inner
-            .lock()
-            .map(|g| g.fake_quant_enabled)
-            .unwrap_or(false)
-    }
+    switch_methods!();
 
     /// The quantized range.
     pub fn dtype(&self) -> QDType {
@@ -138,13 +103,13 @@ impl FakeQuantize {
     /// both the observer and the qparams unchanged.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut g = self.lock()?;
-        if g.observer_enabled {
+        if g.switches.observer {
             g.observer.observe(&x.detach()).map_err(Error::wrap)?;
             let q = g.observer.qparams().map_err(Error::wrap)?;
             g.scale = q.scale;
             g.zero_point = q.zero_point;
         }
-        if !g.fake_quant_enabled {
+        if !g.switches.fake_quant {
             return Ok(x.clone());
         }
         let (lo, hi) = self.dtype.range();
@@ -156,14 +121,7 @@ impl FakeQuantize {
         let g = self.lock()?;
         let mut st = State::new();
         state::qparams_tensors(&mut st, &g.scale, &g.zero_point)?;
-        st.insert(
-            "fake_quant_enabled".into(),
-            state::flag(g.fake_quant_enabled, DType::U8)?,
-        );
-        st.insert(
-            "observer_enabled".into(),
-            state::flag(g.observer_enabled, DType::U8)?,
-        );
+        g.switches.insert_state(&mut st, DType::U8)?;
         for (k, v) in g.observer.state().map_err(Error::wrap)? {
             st.insert(format!("{OBSERVER_PREFIX}{k}"), v);
         }
@@ -176,8 +134,8 @@ impl FakeQuantize {
         let own = [
             "scale",
             "zero_point",
-            "fake_quant_enabled",
-            "observer_enabled",
+            Switches::NAMES[0],
+            Switches::NAMES[1],
         ];
         let (lo, hi) = self.dtype.range();
         let (scale, zero_point) = state::read_qparams(NAME, st, lo, hi)?;
@@ -187,15 +145,13 @@ impl FakeQuantize {
                 scale.len()
             )
         }
-        let fq_on = state::read_flag(NAME, st, "fake_quant_enabled")?;
-        let obs_on = state::read_flag(NAME, st, "observer_enabled")?;
+        let switches = Switches::read(NAME, st)?;
         let obs_state = state::split_observer(NAME, st, &own)?;
         let mut g = self.lock()?;
         g.observer.load_state(&obs_state).map_err(Error::wrap)?;
         g.scale = scale;
         g.zero_point = zero_point;
-        g.fake_quant_enabled = fq_on;
-        g.observer_enabled = obs_on;
+        g.switches = switches;
         Ok(())
     }
 }

@@ -182,6 +182,26 @@ pub(crate) fn batch_norm_act_train(
     Ok((y, mean, var))
 }
 
+/// [`batch_norm_train`] of `x / divisor (+ shift)` when `pre` is given; on the fast path one
+/// op ([`crate::ops::batch_norm_train_prescaled`]) that never stores the divided tensor.
+pub(crate) fn batch_norm_train_prescaled(
+    x: &Tensor,
+    pre: Option<(&Tensor, Option<&Tensor>)>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    path: OpsPath,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let Some((divisor, shift)) = pre else {
+        return batch_norm_train(x, gamma, beta, eps, path);
+    };
+    if path == OpsPath::Fast && x.device().is_cpu() && x.rank() == 4 {
+        let o = crate::ops::batch_norm_train_prescaled(x, divisor, shift, gamma, beta, eps)?;
+        return Ok((o.y, o.mean, o.var));
+    }
+    batch_norm_train(&channel_div(x, divisor, shift)?, gamma, beta, eps, path)
+}
+
 fn channel_shape(x: &Tensor) -> Result<Vec<usize>> {
     let c = x.dim(1)?;
     Ok(match x.rank() {

@@ -36,14 +36,14 @@ struct Stats {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Dims {
-    n: usize,
-    c: usize,
-    plane: usize,
+pub(super) struct Dims {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) plane: usize,
 }
 
 impl Dims {
-    fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         self.n * self.plane
     }
 }
@@ -54,7 +54,7 @@ fn plane_of(v: &[f32], d: Dims, i: usize) -> &[f32] {
 }
 
 /// Runs `f(c)` for every channel, in parallel when the tensor is big.
-fn per_channel<T: Send>(d: Dims, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+pub(super) fn per_channel<T: Send>(d: Dims, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     if d.n * d.c * d.plane < PAR_MIN_ELEMS {
         (0..d.c).map(f).collect()
     } else {
@@ -97,7 +97,7 @@ fn sq_dev_generic<const FMA: bool>(x: &[f32], mean: f32, out: &mut f64) {
     *out = acc.iter().sum::<f32>() as f64 + tail as f64;
 }
 
-simd_dispatch!(fn sq_dev = sq_dev_generic(x: &[f32], mean: f32, out: &mut f64));
+simd_dispatch!(pub(super) fn sq_dev = sq_dev_generic(x: &[f32], mean: f32, out: &mut f64));
 
 /// `Σ dy` and `Σ dy·(x − mean)` over a slice (centred first: no cancellation for large means).
 #[inline(always)]
@@ -119,7 +119,7 @@ fn grad_sums_generic<const FMA: bool>(dy: &[f32], x: &[f32], mean: f32, out: &mu
     *out = (sum(dy) as f64, acc.iter().sum::<f32>() as f64 + tail as f64);
 }
 
-simd_dispatch!(fn grad_sums = grad_sums_generic(dy: &[f32], x: &[f32], mean: f32, out: &mut (f64, f64)));
+simd_dispatch!(pub(super) fn grad_sums = grad_sums_generic(dy: &[f32], x: &[f32], mean: f32, out: &mut (f64, f64)));
 
 /// `o = a·x + b` element-wise (normalize-and-affine in one FMA per element).
 #[inline(always)]
@@ -129,7 +129,7 @@ fn affine_generic<const FMA: bool>(o: &mut [f32], x: &[f32], a: f32, b: f32) {
     }
 }
 
-simd_dispatch!(fn affine = affine_generic(o: &mut [f32], x: &[f32], a: f32, b: f32));
+simd_dispatch!(pub(super) fn affine = affine_generic(o: &mut [f32], x: &[f32], a: f32, b: f32));
 
 /// `o = clamp(a·x + b, lo, hi)` with the comparisons of [`super::activation`]'s clamp (NaN
 /// passes through).
@@ -239,7 +239,7 @@ fn dx_generic<const FMA: bool>(o: &mut [f32], dy: &[f32], x: &[f32], k: f32, m: 
     }
 }
 
-simd_dispatch!(fn dx_kernel = dx_generic(o: &mut [f32], dy: &[f32], x: &[f32], k: f32, m: f32, q: f32));
+simd_dispatch!(pub(super) fn dx_kernel = dx_generic(o: &mut [f32], dy: &[f32], x: &[f32], k: f32, m: f32, q: f32));
 
 /// `(x [N,C,H,W], gamma [C], beta [C]) -> y`, saving the statistics in `stats`.
 struct BnForward {
@@ -419,7 +419,7 @@ impl CustomOp3 for BnBackward {
     }
 }
 
-fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor, op: &str) -> Result<Dims> {
+pub(super) fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor, op: &str) -> Result<Dims> {
     let (n, c, h, w) = dims4(x, op, "input")?;
     for (t, what) in [(gamma, "weight"), (beta, "bias")] {
         if t.dims() != [c] {

@@ -34,7 +34,7 @@ fn fwd_plane_generic<const FMA: bool>(o: &mut [f32], x: &[f32], s: f32, b: f32, 
     }
 }
 
-simd_dispatch!(fn fwd_plane = fwd_plane_generic(o: &mut [f32], x: &[f32], s: f32, b: f32, divide: bool));
+simd_dispatch!(pub(super) fn fwd_plane = fwd_plane_generic(o: &mut [f32], x: &[f32], s: f32, b: f32, divide: bool));
 
 /// `dx = dy·s` (or `dy / s`) over one plane, returning `(Σ dy, Σ dy·x)` from the same pass.
 #[inline(always)]
@@ -73,7 +73,7 @@ fn bwd_plane_generic<const FMA: bool>(
     )
 }
 
-fn bwd_plane(o: &mut [f32], dy: &[f32], x: &[f32], s: f32, divide: bool) -> (f64, f64) {
+pub(super) fn bwd_plane(o: &mut [f32], dy: &[f32], x: &[f32], s: f32, divide: bool) -> (f64, f64) {
     let mut r = (0f64, 0f64);
     bwd_plane_into(o, dy, x, s, divide, &mut r);
     r

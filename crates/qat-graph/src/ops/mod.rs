@@ -18,6 +18,7 @@ mod bias;
 mod channel;
 mod depthwise;
 mod pointwise;
+mod prescaled_bn;
 
 pub use activation::{clamp, clamp_slow, relu, relu6, relu6_slow, relu_slow};
 pub use batch_norm::{
@@ -30,3 +31,4 @@ pub use channel::{
 };
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_dilated, depthwise_conv2d_slow};
 pub use pointwise::{conv1x1, conv1x1_slow};
+pub use prescaled_bn::{batch_norm_train_prescaled, batch_norm_train_prescaled_slow};

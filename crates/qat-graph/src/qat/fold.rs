@@ -62,15 +62,29 @@ pub fn folded_bn_forward(
         None => scaled,
     };
     let y = op(x, &scaled)?;
-    let y = prims::channel_div(&y, &scale_factor, bias)?;
-    batch_norm(bn, &y, stats)
+    batch_norm_prescaled(bn, &y, Some((&scale_factor, bias)), stats)
 }
 
 /// BatchNorm over axis 1 with batch or running statistics (PyTorch's train / eval rules:
 /// running variance updated with the unbiased batch variance, `num_batches_tracked` + 1).
 pub fn batch_norm(bn: &BnVars, x: &Tensor, stats: BnStats) -> Result<Tensor> {
+    batch_norm_prescaled(bn, x, None, stats)
+}
+
+/// [`batch_norm`] of `x / divisor (+ shift)` when `pre` is `(divisor, shift)` (the folded
+/// conv's un-scaling; one fused op with batch statistics on the CPU).
+fn batch_norm_prescaled(
+    bn: &BnVars,
+    x: &Tensor,
+    pre: Option<(&Tensor, Option<&Tensor>)>,
+    stats: BnStats,
+) -> Result<Tensor> {
     let eps = bn.cfg.eps;
     if stats == BnStats::Running {
+        let x = &match pre {
+            Some((d, b)) => prims::channel_div(x, d, b)?,
+            None => x.clone(),
+        };
         let rstd = (bn.running_var.as_detached_tensor() + eps)?.sqrt()?;
         let scale = bn.weight.as_tensor().div(&rstd)?;
         let shift = (bn.bias.as_tensor() - (bn.running_mean.as_detached_tensor() * &scale)?)?;
@@ -86,8 +100,9 @@ pub fn batch_norm(bn: &BnVars, x: &Tensor, stats: BnStats) -> Result<Tensor> {
             ),
         ));
     }
-    let (y, mean, var) = prims::batch_norm_train(
+    let (y, mean, var) = prims::batch_norm_train_prescaled(
         x,
+        pre,
         bn.weight.as_tensor(),
         bn.bias.as_tensor(),
         eps,

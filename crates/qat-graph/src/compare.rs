@@ -10,9 +10,10 @@
 //! assert!(exact.all_within(1.0, 0));
 //! ```
 //!
-//! A layer is every graph node whose name is also a value of the model (the runtime names the
-//! value of node `n` exactly `n.name`; a quant stub's value is `<n>.quant` on both sides), in
-//! graph order. For a u8 value the reference (the fake-quant output, which lies on the
+//! A layer is every graph node (and quant stub, `<node>.quant`) that has a value in the model,
+//! in graph order: the lowering [`convert`](crate::convert()) uses says which model value
+//! holds what [`QatGraph::forward_traced`] reports for the node (usually the value named like
+//! the node). For a u8 value the reference (the fake-quant output, which lies on the
 //! quantization grid) is turned into steps with [`qat_core::quantize`] and the model value's
 //! qparams (`clamp(round_half_even(v · (1/scale)) + zero_point, 0, 255)`: a grid value maps
 //! back to its own step exactly) and compared with the u8; an f32 value (float islands) is
@@ -28,6 +29,7 @@ use qat_runtime::{QuantizedModel, TracedValue, ValueData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GraphError, Result};
+use crate::ir::Op;
 use crate::qat::{IntData, IntExactPlan, QatGraph};
 
 /// Step difference recorded for a non-finite reference value (more than any u8 difference).
@@ -43,22 +45,16 @@ pub enum Reference {
     IntegerExact,
 }
 
-/// Agreement on one layer, accumulated over every compared sample.
+/// How closely one value agrees, accumulated over every compared sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LayerCompare {
-    /// The graph node (= the model value) name.
-    pub name: String,
-    /// The model op producing the value (`conv2d`, `add`, ...; `input` for the input).
-    pub op: String,
-    /// Whether the model value is u8 (quantized) rather than f32 (a float island).
-    pub quantized: bool,
+pub struct Agreement {
     /// Elements compared.
     pub elements: u64,
     /// Elements exactly equal (same u8 step; for f32 values, the same float).
     pub equal: u64,
     /// Elements exactly one step apart (u8 values only).
     pub off_by_one: u64,
-    /// `equal / elements` (1 for an empty layer).
+    /// `equal / elements` (1 for an empty value).
     pub equal_fraction: f64,
     /// Largest |step difference| (u8 values; 0 for f32 values);
     /// [`NON_FINITE_STEPS`] if the reference held a NaN / ±Inf.
@@ -67,14 +63,48 @@ pub struct LayerCompare {
     pub max_abs_diff: f32,
 }
 
-impl LayerCompare {
-    fn merge(&mut self, o: &LayerCompare) {
+impl Agreement {
+    fn merge(&mut self, o: &Agreement) {
         self.elements += o.elements;
         self.equal += o.equal;
         self.off_by_one += o.off_by_one;
         self.max_step_diff = self.max_step_diff.max(o.max_step_diff);
         self.max_abs_diff = max_nan(self.max_abs_diff, o.max_abs_diff);
         self.equal_fraction = fraction(self.equal, self.elements);
+    }
+
+    fn within(&self, quantized: bool, min_equal_fraction: f64, max_steps: u32) -> bool {
+        self.equal_fraction >= min_equal_fraction && (!quantized || self.max_step_diff <= max_steps)
+    }
+}
+
+/// Agreement on one layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerCompare {
+    /// The graph node name (`<node>.quant` for a quant stub's value).
+    pub name: String,
+    /// The model value compared with it (usually the same name).
+    pub value: String,
+    /// The model op producing the value (`conv2d`, `add`, ...; `input` for the input).
+    pub op: String,
+    /// Whether the model value is u8 (quantized) rather than f32 (a float island).
+    pub quantized: bool,
+    /// Both sides run end to end from the same f32 input: differences of earlier layers
+    /// propagate into this one.
+    pub end_to_end: Agreement,
+    /// The reference's node run on the model's own values of its inputs: this layer's own
+    /// difference, nothing inherited (fake-quant reference only; `None` for the
+    /// integer-exact one and for the input).
+    pub local: Option<Agreement>,
+}
+
+impl LayerCompare {
+    fn merge(&mut self, o: &LayerCompare) {
+        self.end_to_end.merge(&o.end_to_end);
+        match (&mut self.local, &o.local) {
+            (Some(a), Some(b)) => a.merge(b),
+            (a, _) => *a = None,
+        }
     }
 }
 
@@ -114,12 +144,13 @@ fn max_nan(a: f32, b: f32) -> f32 {
 }
 
 impl CompareReport {
-    /// The layer with the lowest equal fraction (ties: the larger step difference, then the
-    /// earlier layer); `None` without layers.
+    /// The layer with the lowest end-to-end equal fraction (ties: the larger step
+    /// difference, then the earlier layer); `None` without layers.
     pub fn worst_layer(&self) -> Option<&LayerCompare> {
         self.layers.iter().reduce(|w, l| {
-            let worse = l.equal_fraction < w.equal_fraction
-                || (l.equal_fraction == w.equal_fraction && l.max_step_diff > w.max_step_diff);
+            let (a, b) = (&l.end_to_end, &w.end_to_end);
+            let worse = a.equal_fraction < b.equal_fraction
+                || (a.equal_fraction == b.equal_fraction && a.max_step_diff > b.max_step_diff);
             if worse {
                 l
             } else {
@@ -128,12 +159,24 @@ impl CompareReport {
         })
     }
 
-    /// Whether every quantized layer has at least `min_equal_fraction` of its elements equal
-    /// and none more than `max_steps` steps off, and every f32 layer has at least
-    /// `min_equal_fraction` equal.
+    /// Whether every layer, end to end, has at least `min_equal_fraction` of its elements
+    /// equal and (u8 values) none more than `max_steps` steps off.
     pub fn all_within(&self, min_equal_fraction: f64, max_steps: u32) -> bool {
         self.layers.iter().all(|l| {
-            l.equal_fraction >= min_equal_fraction && (!l.quantized || l.max_step_diff <= max_steps)
+            l.end_to_end
+                .within(l.quantized, min_equal_fraction, max_steps)
+        })
+    }
+
+    /// [`CompareReport::all_within`] on each layer's own (local) difference where the report
+    /// has one, end to end otherwise.
+    pub fn all_local_within(&self, min_equal_fraction: f64, max_steps: u32) -> bool {
+        self.layers.iter().all(|l| {
+            l.local.as_ref().unwrap_or(&l.end_to_end).within(
+                l.quantized,
+                min_equal_fraction,
+                max_steps,
+            )
         })
     }
 
@@ -177,25 +220,42 @@ impl fmt::Display for CompareReport {
         writeln!(f, "{reference} vs int8 over {} samples", self.samples)?;
         writeln!(
             f,
-            "{:<w$}  {:<15}  {:>11}  {:>9}  {:>9}  {:>9}  {:>10}",
-            "layer", "op", "elements", "equal %", "off by 1", "max steps", "max |Δ|"
+            "{:<w$}  {:<15}  {:>11}  {:>9}  {:>9}  {:>9}  {:>10}  {:>9}  {:>9}",
+            "layer",
+            "op",
+            "elements",
+            "equal %",
+            "off by 1",
+            "max steps",
+            "max |Δ|",
+            "local eq%",
+            "local max"
         )?;
         for l in &self.layers {
-            let steps = if l.quantized {
-                l.max_step_diff.to_string()
-            } else {
-                "f32".into()
+            let e = &l.end_to_end;
+            let steps = |a: &Agreement| {
+                if l.quantized {
+                    a.max_step_diff.to_string()
+                } else {
+                    "f32".into()
+                }
+            };
+            let (leq, lmax) = match &l.local {
+                Some(a) => (format!("{:.4}", 100.0 * a.equal_fraction), steps(a)),
+                None => ("-".into(), "-".into()),
             };
             writeln!(
                 f,
-                "{:<w$}  {:<15}  {:>11}  {:>9.4}  {:>9}  {:>9}  {:>10.3e}",
+                "{:<w$}  {:<15}  {:>11}  {:>9.4}  {:>9}  {:>9}  {:>10.3e}  {:>9}  {:>9}",
                 l.name,
                 l.op,
-                l.elements,
-                100.0 * l.equal_fraction,
-                l.off_by_one,
-                steps,
-                l.max_abs_diff
+                e.elements,
+                100.0 * e.equal_fraction,
+                e.off_by_one,
+                steps(e),
+                e.max_abs_diff,
+                leq,
+                lmax
             )?;
         }
         write!(
@@ -239,7 +299,7 @@ fn nchw_index(i: usize, c: usize, hw: usize) -> usize {
 }
 
 /// Compare one layer: `r` (NCHW) against the model's traced value (NHWC).
-fn compare_layer(op: &str, r: &RefValue, m: &TracedValue) -> Result<LayerCompare> {
+fn agreement(r: &RefValue, m: &TracedValue) -> Result<Agreement> {
     let s = m.shape;
     let (c, hw) = (s.c, s.h * s.w);
     let n = match &m.data {
@@ -255,10 +315,7 @@ fn compare_layer(op: &str, r: &RefValue, m: &TracedValue) -> Result<LayerCompare
             ),
         ));
     }
-    let mut l = LayerCompare {
-        name: m.name.clone(),
-        op: op.to_string(),
-        quantized: matches!(m.data, ValueData::U8 { .. }),
+    let mut l = Agreement {
         elements: n as u64,
         equal: 0,
         off_by_one: 0,
@@ -391,108 +448,238 @@ fn check_observers_off(qat: &QatGraph) -> Result<()> {
     Ok(())
 }
 
-/// Build the report from reference values (by name, NCHW) and the model's traced run.
-fn build_report(
-    reference: Reference,
-    qat: &QatGraph,
-    model: &QuantizedModel,
-    refs: &HashMap<String, RefValue>,
-    ref_out: &[f32],
-    traced: &[TracedValue],
-    batch: usize,
-) -> Result<CompareReport> {
-    let by_name: HashMap<&str, &TracedValue> =
-        traced.iter().map(|t| (t.name.as_str(), t)).collect();
-    let op_of: HashMap<&str, &str> = model
-        .ops()
-        .iter()
-        .map(|n| (n.name.as_str(), n.op.kind()))
-        .collect();
-    let mut layers = Vec::new();
-    for node in qat.graph().nodes() {
-        for name in [node.name.clone(), format!("{}.quant", node.name)] {
-            if let (Some(r), Some(m)) = (refs.get(&name), by_name.get(name.as_str())) {
-                let op = op_of.get(name.as_str()).copied().unwrap_or("input");
-                layers.push(compare_layer(op, r, m)?);
-            }
-        }
-    }
-    let out_name = model.output_name();
-    let m_out = traced_nchw(
-        by_name
-            .get(out_name)
-            .ok_or_else(|| GraphError::Graph(format!("model output `{out_name}` not traced")))?,
-    );
-    if m_out.len() != ref_out.len() {
-        return Err(GraphError::Graph(format!(
-            "the graph outputs {} values, the model {}",
-            ref_out.len(),
-            m_out.len()
-        )));
-    }
-    let per = m_out.len() / batch;
-    let mut top1_agree = 0u64;
-    let mut max_d = 0f32;
-    for (a, b) in ref_out.chunks(per).zip(m_out.chunks(per)) {
-        if argmax(a) == argmax(b) {
-            top1_agree += 1;
-        }
-        for (x, y) in a.iter().zip(b) {
-            max_d = max_nan(max_d, (x - y).abs());
-        }
-    }
-    Ok(CompareReport {
-        reference,
-        samples: batch as u64,
-        layers,
-        output: out_name.to_string(),
-        top1_agree,
-        top1_agreement: fraction(top1_agree, batch as u64),
-        max_abs_logit_diff: max_d,
-    })
+/// What one comparison needs beyond the batch: graph node → model value names (from the
+/// lowering [`convert`](crate::convert()) uses) and, for the integer-exact reference, the plan.
+struct Comparer<'a> {
+    qat: &'a QatGraph,
+    model: &'a QuantizedModel,
+    values: HashMap<String, String>,
+    plan: Option<IntExactPlan>,
 }
 
-fn run_model(model: &QuantizedModel, x: &Tensor, batch: usize) -> Result<Vec<TracedValue>> {
-    let xv = x.flatten_all()?.to_vec1::<f32>()?;
-    model
-        .run_traced(&xv, batch)
-        .map_err(|e| GraphError::Graph(format!("int8 model: {e}")))
+impl<'a> Comparer<'a> {
+    fn new(qat: &'a QatGraph, model: &'a QuantizedModel, reference: Reference) -> Result<Self> {
+        let values = crate::convert::lower_graph(qat)?.values;
+        let plan = match reference {
+            Reference::FakeQuant => None,
+            Reference::IntegerExact => Some(IntExactPlan::from_model(model)),
+        };
+        Ok(Comparer {
+            qat,
+            model,
+            values,
+            plan,
+        })
+    }
+
+    fn run(&self, x: &Tensor) -> Result<CompareReport> {
+        let batch = check_input(self.qat, self.model, x)?;
+        // Reference values keyed by model value name, and the reference output.
+        let mut refs: HashMap<String, RefValue> = HashMap::new();
+        let (reference, ref_out) = match &self.plan {
+            None => {
+                check_observers_off(self.qat)?;
+                let g = self.qat.graph();
+                let out_node = &g.node(g.outputs()[0]).name;
+                let mut out = None;
+                for (name, t) in self.qat.forward_traced(&[x], false)? {
+                    let v = t.flatten_all()?.to_vec1::<f32>()?;
+                    if &name == out_node {
+                        out = Some(v.clone());
+                    }
+                    if let Some(rv) = self.values.get(&name) {
+                        refs.insert(rv.clone(), RefValue::F32(v));
+                    }
+                }
+                let out = out
+                    .ok_or_else(|| GraphError::node(out_node, "the graph output was not traced"))?;
+                (Reference::FakeQuant, out)
+            }
+            Some(plan) => {
+                let out_name = self.model.output_name();
+                let mut out = None;
+                for (name, v) in plan.run_traced(x)? {
+                    if name == out_name {
+                        out = Some(v.to_f32());
+                    }
+                    let r = match v.data {
+                        IntData::U8 { data, qparams } => RefValue::U8(data, qparams),
+                        IntData::F32(d) => RefValue::F32(d),
+                    };
+                    refs.insert(name, r);
+                }
+                let out = out.ok_or_else(|| {
+                    GraphError::Graph(format!("output `{out_name}` not evaluated"))
+                })?;
+                (Reference::IntegerExact, out)
+            }
+        };
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let traced = self
+            .model
+            .run_traced(&xv, batch)
+            .map_err(|e| GraphError::Graph(format!("int8 model: {e}")))?;
+        let local = match reference {
+            Reference::FakeQuant => self.local_refs(&traced, batch)?,
+            Reference::IntegerExact => HashMap::new(),
+        };
+        self.report(reference, &refs, &local, &ref_out, &traced, batch)
+    }
+
+    /// Each QAT node run (eval, observers off) on the model's values of its inputs, keyed by
+    /// model value name. Nodes whose inputs have no model value are left out.
+    fn local_refs(
+        &self,
+        traced: &[TracedValue],
+        batch: usize,
+    ) -> Result<HashMap<String, RefValue>> {
+        let by_name: HashMap<&str, &TracedValue> =
+            traced.iter().map(|t| (t.name.as_str(), t)).collect();
+        let g = self.qat.graph();
+        let dev = candle_core::Device::Cpu;
+        let mut out = HashMap::new();
+        'nodes: for (i, node) in g.nodes().iter().enumerate() {
+            if matches!(node.op, Op::Input { .. }) {
+                continue;
+            }
+            let q = &self.qat.nodes()[i];
+            let mut ins = Vec::with_capacity(node.inputs.len());
+            for p in &node.inputs {
+                let pn = &g.node(*p).name;
+                // A quantized consumer of a quant-stubbed float node reads the stub's value.
+                let key = if q.config.is_some() && self.qat.nodes()[p.0].is_quant_stub {
+                    format!("{pn}.quant")
+                } else {
+                    pn.clone()
+                };
+                let Some(mv) = self.values.get(&key).and_then(|v| by_name.get(v.as_str())) else {
+                    continue 'nodes;
+                };
+                let mut dims = vec![batch];
+                dims.extend_from_slice(g.shape(*p));
+                ins.push(Tensor::from_vec(traced_nchw(mv), dims, &dev)?);
+            }
+            let ins: Vec<&Tensor> = ins.iter().collect();
+            let weighted = matches!(
+                node.op,
+                Op::Conv2d(_)
+                    | Op::ConvAct { .. }
+                    | Op::ConvBn { .. }
+                    | Op::Linear(_)
+                    | Op::LinearAct { .. }
+                    | Op::LinearBn { .. }
+            );
+            let y = if q.config.is_some() && weighted {
+                self.qat.qat_node(i, &ins, false)?
+            } else {
+                self.qat.module().eval_node(i, &ins, false)?
+            };
+            let mut put = |name: String, t: &Tensor| -> Result<()> {
+                if let Some(v) = self.values.get(&name) {
+                    out.insert(v.clone(), RefValue::F32(t.flatten_all()?.to_vec1::<f32>()?));
+                }
+                Ok(())
+            };
+            match &q.output_fq {
+                Some(fq) if q.is_quant_stub => {
+                    put(node.name.clone(), &y)?;
+                    put(format!("{}.quant", node.name), &fq.forward(&y)?)?;
+                }
+                Some(fq) => put(node.name.clone(), &fq.forward(&y)?)?,
+                None => put(node.name.clone(), &y)?,
+            }
+        }
+        Ok(out)
+    }
+
+    fn report(
+        &self,
+        reference: Reference,
+        refs: &HashMap<String, RefValue>,
+        local: &HashMap<String, RefValue>,
+        ref_out: &[f32],
+        traced: &[TracedValue],
+        batch: usize,
+    ) -> Result<CompareReport> {
+        let by_name: HashMap<&str, &TracedValue> =
+            traced.iter().map(|t| (t.name.as_str(), t)).collect();
+        let op_of: HashMap<&str, &str> = self
+            .model
+            .ops()
+            .iter()
+            .map(|n| (n.name.as_str(), n.op.kind()))
+            .collect();
+        let mut layers = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for node in self.qat.graph().nodes() {
+            for name in [node.name.clone(), format!("{}.quant", node.name)] {
+                let Some(value) = self.values.get(&name) else {
+                    continue;
+                };
+                // Dropout / Identity name their input's value: report it once.
+                if !seen.insert(value.clone()) {
+                    continue;
+                }
+                if let (Some(r), Some(m)) = (refs.get(value), by_name.get(value.as_str())) {
+                    let op = op_of.get(value.as_str()).copied().unwrap_or("input");
+                    let local = match local.get(value.as_str()) {
+                        Some(lr) => Some(agreement(lr, m)?),
+                        None => None,
+                    };
+                    layers.push(LayerCompare {
+                        name,
+                        value: value.clone(),
+                        op: op.to_string(),
+                        quantized: matches!(m.data, ValueData::U8 { .. }),
+                        end_to_end: agreement(r, m)?,
+                        local,
+                    });
+                }
+            }
+        }
+        let out_name = self.model.output_name();
+        let m_out =
+            traced_nchw(by_name.get(out_name).ok_or_else(|| {
+                GraphError::Graph(format!("model output `{out_name}` not traced"))
+            })?);
+        if m_out.len() != ref_out.len() {
+            return Err(GraphError::Graph(format!(
+                "the graph outputs {} values, the model {}",
+                ref_out.len(),
+                m_out.len()
+            )));
+        }
+        let per = m_out.len() / batch;
+        let mut top1_agree = 0u64;
+        let mut max_d = 0f32;
+        for (a, b) in ref_out.chunks(per).zip(m_out.chunks(per)) {
+            if argmax(a) == argmax(b) {
+                top1_agree += 1;
+            }
+            for (x, y) in a.iter().zip(b) {
+                max_d = max_nan(max_d, (x - y).abs());
+            }
+        }
+        Ok(CompareReport {
+            reference,
+            samples: batch as u64,
+            layers,
+            output: out_name.to_string(),
+            top1_agree,
+            top1_agreement: fraction(top1_agree, batch as u64),
+            max_abs_logit_diff: max_d,
+        })
+    }
 }
 
 /// Compare the QAT graph's eval fake-quant forward with the int8 model on one f32 NCHW batch.
 ///
 /// `Err` if any observer is on (the forward would move the qparams away from the model's),
-/// if `x` is not an f32 `[N>0, C, H, W]` batch of the graph's and the model's input shape, or
-/// if a layer's element count differs between the two.
+/// if `x` is not an f32 `[N>0, C, H, W]` batch of the graph's and the model's input shape, if
+/// the graph does not lower (see [`convert`](crate::convert())), or if a layer's element count
+/// differs between the two.
 pub fn compare(qat: &QatGraph, model: &QuantizedModel, x: &Tensor) -> Result<CompareReport> {
-    let batch = check_input(qat, model, x)?;
-    check_observers_off(qat)?;
-    let trace = qat.forward_traced(&[x], false)?;
-    let g = qat.graph();
-    let out_name = &g.node(g.outputs()[0]).name;
-    let mut refs = HashMap::new();
-    for (name, t) in trace {
-        refs.insert(name, RefValue::F32(t.flatten_all()?.to_vec1::<f32>()?));
-    }
-    let ref_out = match refs.get(out_name.as_str()) {
-        Some(RefValue::F32(v)) => v.clone(),
-        _ => {
-            return Err(GraphError::node(
-                out_name,
-                "the graph output was not traced",
-            ))
-        }
-    };
-    let traced = run_model(model, x, batch)?;
-    build_report(
-        Reference::FakeQuant,
-        qat,
-        model,
-        &refs,
-        &ref_out,
-        &traced,
-        batch,
-    )
+    Comparer::new(qat, model, Reference::FakeQuant)?.run(x)
 }
 
 /// Compare the QAT graph's integer-exact evaluation (the plan of `model`, see
@@ -502,33 +689,7 @@ pub fn compare_integer_exact(
     model: &QuantizedModel,
     x: &Tensor,
 ) -> Result<CompareReport> {
-    let batch = check_input(qat, model, x)?;
-    let trace = IntExactPlan::from_model(model).run_traced(x)?;
-    let out_name = model.output_name();
-    let mut ref_out = None;
-    let mut refs = HashMap::new();
-    for (name, v) in trace {
-        if name == out_name {
-            ref_out = Some(v.to_f32());
-        }
-        let r = match v.data {
-            IntData::U8 { data, qparams } => RefValue::U8(data, qparams),
-            IntData::F32(d) => RefValue::F32(d),
-        };
-        refs.insert(name, r);
-    }
-    let ref_out =
-        ref_out.ok_or_else(|| GraphError::Graph(format!("output `{out_name}` not evaluated")))?;
-    let traced = run_model(model, x, batch)?;
-    build_report(
-        Reference::IntegerExact,
-        qat,
-        model,
-        &refs,
-        &ref_out,
-        &traced,
-        batch,
-    )
+    Comparer::new(qat, model, Reference::IntegerExact)?.run(x)
 }
 
 /// [`compare`] over many batches, accumulated into one report (e.g. a whole test set).
@@ -542,7 +703,7 @@ where
     I: IntoIterator,
     I::Item: Borrow<Tensor>,
 {
-    accumulate(batches, |x| compare(qat, model, x))
+    accumulate(Comparer::new(qat, model, Reference::FakeQuant)?, batches)
 }
 
 /// [`compare_integer_exact`] over many batches, accumulated into one report.
@@ -555,20 +716,17 @@ where
     I: IntoIterator,
     I::Item: Borrow<Tensor>,
 {
-    accumulate(batches, |x| compare_integer_exact(qat, model, x))
+    accumulate(Comparer::new(qat, model, Reference::IntegerExact)?, batches)
 }
 
-fn accumulate<I>(
-    batches: I,
-    mut one: impl FnMut(&Tensor) -> Result<CompareReport>,
-) -> Result<CompareReport>
+fn accumulate<I>(c: Comparer<'_>, batches: I) -> Result<CompareReport>
 where
     I: IntoIterator,
     I::Item: Borrow<Tensor>,
 {
     let mut total: Option<CompareReport> = None;
     for b in batches {
-        let r = one(b.borrow())?;
+        let r = c.run(b.borrow())?;
         match &mut total {
             Some(t) => t.merge(&r)?,
             None => total = Some(r),

@@ -6,6 +6,8 @@
 //! above 2^24 forces the f64 path; (2) QAT graphs trained a few steps, converted, and
 //! evaluated in the integer-exact mode. Plus bad inputs.
 
+mod parity_util;
+
 use candle_core::{DType, Device, Tensor};
 use qat_core::QParams;
 use qat_graph::qat::int_exact::{self, IntData, IntExactPlan, IntValue};
@@ -418,4 +420,71 @@ fn elementwise_pieces_follow_qat_core() {
         int_exact::quantize(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.25, 1.75], q),
         vec![0, 255, 0, 12, 14]
     );
+}
+
+/// QAT graphs (Conv+BN+ReLU6, depthwise, 1×1 Conv+BN, residual add, strided Conv+BN+ReLU,
+/// Conv+ReLU, pool, linear head) trained a few steps and converted: the integer-exact mode
+/// gives the converted model's output bit for bit, and every value of the model's plan,
+/// for several seeds and batch sizes, without touching the graph's state.
+#[test]
+fn qat_graph_integer_exact_equals_converted_model() {
+    for seed in [2u64, 3] {
+        let q = parity_util::trained(seed, 20);
+        let m = qat_graph::convert(&q).unwrap();
+        let state_before = q.state().unwrap();
+        let plan = q.integer_exact().unwrap();
+        for n in [1usize, 4, 9] {
+            let (x, _) = parity_util::batch(700 + seed * 10 + n as u64, n);
+            assert_identical(&m, &x);
+            let y = q.forward_integer_exact(&x).unwrap();
+            assert_eq!(y.dims(), &[n, parity_util::CLASSES]);
+            let want = m
+                .run(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n)
+                .unwrap();
+            assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+            assert_eq!(
+                plan.forward_shaped(&q, &x)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap(),
+                y.to_vec2::<f32>().unwrap()
+            );
+            // Close to the fake-quant forward (same top-1 here), yet a different computation.
+            let fq = q.forward_t(&x, false).unwrap();
+            let d = (&fq - &y).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 0.5, "seed {seed}: {d}");
+        }
+        // Neither observers nor BN statistics moved.
+        let after = q.state().unwrap();
+        for (k, v) in &state_before {
+            let a = v.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
+            let b = after[k]
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap();
+            assert_eq!(
+                a.to_vec1::<f64>().unwrap(),
+                b.to_vec1::<f64>().unwrap(),
+                "{k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn qat_graph_integer_exact_rejects_bad_inputs() {
+    let q = parity_util::trained(4, 4);
+    let e = q
+        .forward_integer_exact(&inputs(1, &[2, 3, 12, 13]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expects input [N>0, 3, 12, 12]"), "{e}");
+    // A plan of another model does not reshape to this graph's output.
+    let other = IntExactPlan::from_model(&plan(1, ModelOptions::default()));
+    let e = other
+        .forward_shaped(&q, &inputs(1, &[2, 3, 9, 11]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not this graph's plan"), "{e}");
 }

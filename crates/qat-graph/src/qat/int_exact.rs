@@ -6,7 +6,7 @@
 //! convolves fake-quantized floats (f32 rounding in every sum), divides by and re-multiplies
 //! the folded BN factors, keeps the bias in float, and rounds once per fake-quant where the
 //! kernels requantize an integer accumulator. [`IntExactPlan`] removes every difference: it
-//! evaluates the plan that `convert` lowers the graph to (folded i8 weights,
+//! evaluates the plan that [`convert`](crate::convert()) lowers the graph to (folded i8 weights,
 //! i32 biases, output qparams, fused clamps) with
 //!
 //! * integer accumulation: `Σ (x − zp_x) · w` on integer-valued tensors. An f32 sum of
@@ -29,12 +29,14 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use qat_core::{QDType, QParams};
 use qat_runtime::{
-    Activation, Bias, Conv2dParams, InputSpec, LinearParams, Node, Op, QuantizedModel, ValueType,
+    Activation, Bias, Conv2dParams, InputSpec, Isa, LinearParams, ModelOptions, Node, Op,
+    QuantizedModel, ValueType,
 };
 
 use crate::error::{GraphError, Result};
 use crate::ir::Conv2dCfg;
 use crate::prims::{self, OpsPath};
+use crate::qat::QatGraph;
 
 /// Largest magnitude below which every integer (and so every partial sum of integers) is
 /// exact in f32.
@@ -521,7 +523,7 @@ pub fn eval_op(node: &Node, ins: &[&IntValue]) -> Result<IntValue> {
 }
 
 /// An int8 plan evaluated the integer-exact way: the canonical ops of a [`QuantizedModel`]
-/// (what `convert` lowers a QAT graph to), run in NCHW with candle and
+/// (what [`convert`](crate::convert()) lowers a QAT graph to; [`QatGraph::integer_exact`]), run in NCHW with candle and
 /// `qat_core` (see the module docs). Its values equal the model's, bit for bit.
 #[derive(Debug, Clone)]
 pub struct IntExactPlan {
@@ -657,5 +659,52 @@ fn check_type(nd: &Node, y: &IntValue) -> Result<()> {
                 nd.ty
             ),
         ))
+    }
+}
+
+impl QatGraph {
+    /// The graph's integer-exact evaluation plan: the graph lowered exactly as
+    /// [`convert`](crate::convert()) lowers it (current qparams, BN folded with the running
+    /// statistics), evaluated by [`IntExactPlan`]. Lower once, evaluate many batches.
+    pub fn integer_exact(&self) -> Result<IntExactPlan> {
+        let options = ModelOptions {
+            isa: Some(Isa::Scalar),
+            threads: 1,
+        };
+        Ok(IntExactPlan::from_model(&crate::convert::convert_with(
+            self, options,
+        )?))
+    }
+
+    /// Eval forward in integer-exact mode: the output equals the converted int8 model's,
+    /// bit for bit, shaped like [`QatGraph::forward_t`]'s (`[N, ..graph output shape]`).
+    /// Does not run (or update) any observer or BatchNorm statistic.
+    pub fn forward_integer_exact(&self, x: &Tensor) -> Result<Tensor> {
+        self.integer_exact()?.forward_shaped(self, x)
+    }
+}
+
+impl IntExactPlan {
+    /// [`IntExactPlan::forward`] reshaped to `qat`'s output shape.
+    pub fn forward_shaped(&self, qat: &QatGraph, x: &Tensor) -> Result<Tensor> {
+        let g = qat.graph();
+        let s = self.input.shape;
+        let inputs = g.inputs();
+        if inputs.len() != 1 || g.shape(inputs[0]) != [s.c, s.h, s.w] {
+            return Err(GraphError::Graph(format!(
+                "the plan takes {s} per sample, the graph {:?}: not this graph's plan",
+                inputs.iter().map(|&i| g.shape(i)).collect::<Vec<_>>()
+            )));
+        }
+        let y = self.forward(x)?;
+        let mut dims = vec![y.dim(0)?];
+        dims.extend_from_slice(g.shape(g.outputs()[0]));
+        if dims.iter().product::<usize>() != y.elem_count() {
+            return Err(GraphError::Graph(format!(
+                "the plan outputs {:?}, the graph {dims:?}: not this graph's plan",
+                y.dims()
+            )));
+        }
+        Ok(y.reshape(dims)?)
     }
 }

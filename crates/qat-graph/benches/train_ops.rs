@@ -94,6 +94,37 @@ fn batch_norm(c: &mut Criterion, tag: &str, (n, ch, hw): (usize, usize, usize)) 
     });
 }
 
+fn batch_norm_act(c: &mut Criterion, tag: &str, (n, ch, hw): (usize, usize, usize)) {
+    let vars = [var(&[n, ch, hw, hw], 6), var(&[ch], 7), var(&[ch], 8)];
+    let group = format!("batch_norm_relu6_train_{tag}");
+    fwd_bwd(c, &group, "fused", &vars, |t| {
+        Ok(ops::batch_norm_act_train(&t[0], &t[1], &t[2], 1e-5, 0.0, 6.0)?.y)
+    });
+    fwd_bwd(c, &group, "fast_unfused", &vars, |t| {
+        ops::relu6(&ops::batch_norm_train(&t[0], &t[1], &t[2], 1e-5)?.y)
+    });
+    fwd_bwd(c, &group, "candle", &vars, |t| {
+        Ok(ops::batch_norm_act_train_slow(&t[0], &t[1], &t[2], 1e-5, 0.0, 6.0)?.y)
+    });
+}
+
+/// The QAT Conv+BN tail: `BN(conv / scale_factor)` with batch statistics.
+fn prescaled_bn(c: &mut Criterion, tag: &str, (n, ch, hw): (usize, usize, usize)) {
+    let sf = Var::from_tensor(&(randn(&[ch], 11).abs().unwrap() + 0.5).unwrap()).unwrap();
+    let vars = [var(&[n, ch, hw, hw], 6), sf, var(&[ch], 7), var(&[ch], 8)];
+    let group = format!("qat_unscale_batch_norm_{tag}");
+    fwd_bwd(c, &group, "fused", &vars, |t| {
+        Ok(ops::batch_norm_train_prescaled(&t[0], &t[1], None, &t[2], &t[3], 1e-5)?.y)
+    });
+    fwd_bwd(c, &group, "fast_unfused", &vars, |t| {
+        let z = ops::channel_div_nchw(&t[0], &t[1], None)?;
+        Ok(ops::batch_norm_train(&z, &t[2], &t[3], 1e-5)?.y)
+    });
+    fwd_bwd(c, &group, "candle", &vars, |t| {
+        Ok(ops::batch_norm_train_prescaled_slow(&t[0], &t[1], None, &t[2], &t[3], 1e-5)?.y)
+    });
+}
+
 fn stem(c: &mut Criterion) {
     // The 28×28 model's first conv: 3×3, 1 → 16 channels, stays on candle's conv2d.
     let vars = [var(&[32, 1, 28, 28], 9), var(&[16, 1, 3, 3], 10)];
@@ -115,6 +146,8 @@ fn benches(c: &mut Criterion) {
     pointwise(c, "96to16_28x28_b32", (32, 96, 16, 28));
     batch_norm(c, "96ch_28x28_b32", (32, 96, 28));
     activations(c, "32x96x28x28", &[32, 96, 28, 28]);
+    batch_norm_act(c, "96ch_28x28_b32", (32, 96, 28));
+    prescaled_bn(c, "96ch_28x28_b32", (32, 96, 28));
     stem(c);
 }
 

@@ -36,8 +36,9 @@ struct Geom {
     /// Rows and columns of one phase plane.
     hp: usize,
     wp: usize,
-    /// Per tap `ky·KW + kx`: its start in the phase-plane buffer (phase base + shift).
-    tap_start: Vec<usize>,
+    /// Per tap `ky·KW + kx`: its phase (`ry·stride + rx`) and its shift inside a phase plane.
+    tap_phase: Vec<usize>,
+    tap_shift: Vec<usize>,
 }
 
 impl Geom {
@@ -73,12 +74,12 @@ impl Geom {
         let wo = (wd + 2 * pad - ew) / stride + 1;
         let hp = ho + (eh - 1) / stride;
         let wp = wo + (ew - 1) / stride;
-        let mut tap_start = Vec::with_capacity(kh * kw);
+        let (mut tap_phase, mut tap_shift) = (Vec::new(), Vec::new());
         for ky in 0..kh {
             for kx in 0..kw {
                 let (ty, tx) = (ky * dil, kx * dil);
-                let phase = (ty % stride) * stride + tx % stride;
-                tap_start.push(phase * hp * wp + (ty / stride) * wp + tx / stride);
+                tap_phase.push((ty % stride) * stride + tx % stride);
+                tap_shift.push((ty / stride) * wp + tx / stride);
             }
         }
         Ok(Self {
@@ -95,7 +96,8 @@ impl Geom {
             wo,
             hp,
             wp,
-            tap_start,
+            tap_phase,
+            tap_shift,
         })
     }
 
@@ -107,19 +109,42 @@ impl Geom {
         self.ho * self.wo
     }
 
-    /// Length of the phase-plane buffer (all `stride²` phases).
-    fn phases_len(&self) -> usize {
-        self.stride * self.stride * self.hp * self.wp
+    /// One phase plane.
+    fn pp(&self) -> usize {
+        self.hp * self.wp
     }
 
-    /// Length of the flat output range every tap covers.
-    fn span(&self) -> usize {
-        (self.ho - 1) * self.wp + self.wo
+    /// Images per group: a channel's images are processed together, their phase planes
+    /// stacked, as long as the stack stays cache-sized.
+    fn group(&self) -> usize {
+        const BUDGET: usize = 1 << 16;
+        (BUDGET / (self.stride * self.stride * self.pp()).max(1)).clamp(1, self.n.max(1))
     }
 
-    /// Scratch per plane: the phase planes plus one `span`-long row buffer.
+    /// Length of the phase buffer of `nb` stacked images (`stride²` phases of `nb·Hp` rows).
+    fn phases_len(&self, nb: usize) -> usize {
+        self.stride * self.stride * nb * self.pp()
+    }
+
+    /// Length of the flat output range every tap covers for `nb` stacked images.
+    fn span(&self, nb: usize) -> usize {
+        ((nb - 1) * self.hp + self.ho - 1) * self.wp + self.wo
+    }
+
+    /// Scratch for a group: the phase buffer plus one `span`-long buffer.
     fn scratch_len(&self) -> usize {
-        self.phases_len() + self.span()
+        let nb = self.group();
+        self.phases_len(nb) + self.span(nb)
+    }
+
+    /// Start of each tap's slice in the phase buffer of `nb` stacked images.
+    #[inline(always)]
+    fn tap_starts(&self, nb: usize) -> impl Iterator<Item = usize> + '_ {
+        let block = nb * self.pp();
+        self.tap_phase
+            .iter()
+            .zip(&self.tap_shift)
+            .map(move |(&p, &sh)| p * block + sh)
     }
 
     /// The input row of padded phase row `i` of row phase `r`, if inside the image.
@@ -148,11 +173,13 @@ impl Geom {
         (j0, j1, (j0 * s + rx).saturating_sub(self.pad))
     }
 
-    /// Copies one input plane into zero-padded phase planes (`dst` is `phases_len`).
+    /// Copies one input plane into its zero-padded phase planes: phase `ph` goes to
+    /// `dst[ph·pstride ..][.. Hp·Wp]`.
     #[inline(always)]
-    fn to_phases(&self, x: &[f32], dst: &mut [f32]) {
+    fn split_phases(&self, x: &[f32], dst: &mut [f32], pstride: usize) {
         let s = self.stride;
-        for (ph, plane) in dst.chunks_exact_mut(self.hp * self.wp).enumerate() {
+        for ph in 0..s * s {
+            let plane = &mut dst[ph * pstride..ph * pstride + self.pp()];
             let (ry, rx) = (ph / s, ph % s);
             let (j0, j1, ix0) = self.col_range(rx);
             for (i, row) in plane.chunks_exact_mut(self.wp).enumerate() {
@@ -174,15 +201,17 @@ impl Geom {
         }
     }
 
-    /// Adds phase-plane gradients back onto the input plane's gradient (`dx` fully written).
+    /// Gathers one image's phase-plane gradients (phase `ph` at `src[ph·pstride ..]`) back
+    /// into its input-plane gradient (`dx` fully written).
     #[inline(always)]
-    fn from_phases(&self, src: &[f32], dx: &mut [f32]) {
+    fn gather_phases(&self, src: &[f32], pstride: usize, dx: &mut [f32]) {
         let s = self.stride;
         if s > 1 {
             // Phases interleave: some input positions may be covered by no phase row.
             dx.fill(0.0);
         }
-        for (ph, plane) in src.chunks_exact(self.hp * self.wp).enumerate() {
+        for ph in 0..s * s {
+            let plane = &src[ph * pstride..ph * pstride + self.pp()];
             let (ry, rx) = (ph / s, ph % s);
             let (j0, j1, ix0) = self.col_range(rx);
             for (i, row) in plane.chunks_exact(self.wp).enumerate() {
@@ -214,100 +243,183 @@ impl Geom {
         }
     }
 
-    /// Lays an output-gradient plane out with row stride `Wp`, zeros in the extra columns.
+    /// Lays one image's output-gradient plane out at `dst[Hp·Wp·k ..]` (its slot `k` in a
+    /// stack) with row stride `Wp`, zeros in the extra columns and the extra rows.
     #[inline(always)]
-    fn spread_rows(&self, dy: &[f32], dst: &mut [f32]) {
+    fn spread_rows(&self, dy: &[f32], dst: &mut [f32], k: usize) {
+        let base = k * self.pp();
         for (oy, row) in dy.chunks_exact(self.wo).enumerate() {
-            let start = oy * self.wp;
+            let start = base + oy * self.wp;
             dst[start..start + self.wo].copy_from_slice(row);
             let end = (start + self.wp).min(dst.len());
             dst[start + self.wo..end].fill(0.0);
         }
+        let gap = (base + self.ho * self.wp).min(dst.len());
+        let end = (base + self.pp()).min(dst.len());
+        dst[gap..end].fill(0.0);
     }
 }
 
+/// The planes of one channel for images `n0..n0 + nb` (plane `n·C + c` of an NCHW buffer).
+#[derive(Clone, Copy)]
+struct Group {
+    c: usize,
+    n0: usize,
+    nb: usize,
+}
+
+impl Group {
+    fn plane<'a>(&self, g: &Geom, v: &'a [f32], k: usize, len: usize) -> &'a [f32] {
+        let i = (self.n0 + k) * g.c + self.c;
+        &v[i * len..(i + 1) * len]
+    }
+}
+
+/// Forward of a group: writes its `nb` output planes, image-major, into `out`.
 #[inline(always)]
-fn fwd_plane_generic<const FMA: bool>(
+fn fwd_group_generic<const FMA: bool>(
     g: &Geom,
+    grp: Group,
     x: &[f32],
     scratch: &mut [f32],
     wk: &[f32],
     out: &mut [f32],
 ) {
-    let (phases, acc) = scratch.split_at_mut(g.phases_len());
-    g.to_phases(x, phases);
+    let nb = grp.nb;
+    let (phases, rest) = scratch.split_at_mut(g.phases_len(nb));
+    let acc = &mut rest[..g.span(nb)];
+    for k in 0..nb {
+        g.split_phases(
+            grp.plane(g, x, k, g.in_plane()),
+            &mut phases[k * g.pp()..],
+            nb * g.pp(),
+        );
+    }
     acc.fill(0.0);
-    for (&start, &wv) in g.tap_start.iter().zip(wk) {
+    for (start, &wv) in g.tap_starts(nb).zip(wk) {
         axpy::<FMA>(acc, wv, &phases[start..start + acc.len()]);
     }
-    for (oy, orow) in out.chunks_exact_mut(g.wo).enumerate() {
-        orow.copy_from_slice(&acc[oy * g.wp..oy * g.wp + g.wo]);
+    for (k, oplane) in out.chunks_exact_mut(g.out_plane()).enumerate() {
+        for (oy, orow) in oplane.chunks_exact_mut(g.wo).enumerate() {
+            let at = (k * g.hp + oy) * g.wp;
+            orow.copy_from_slice(&acc[at..at + g.wo]);
+        }
     }
 }
 
-simd_dispatch!(fn fwd_plane = fwd_plane_generic(g: &Geom, x: &[f32], scratch: &mut [f32], wk: &[f32], out: &mut [f32]));
+simd_dispatch!(fn fwd_group = fwd_group_generic(g: &Geom, grp: Group, x: &[f32], scratch: &mut [f32], wk: &[f32], out: &mut [f32]));
 
+/// Input gradient of a group: writes its `nb` input-gradient planes, image-major, into `dx`.
 #[inline(always)]
-fn input_grad_plane_generic<const FMA: bool>(
+fn input_grad_group_generic<const FMA: bool>(
     g: &Geom,
+    grp: Group,
     dy: &[f32],
     scratch: &mut [f32],
     wk: &[f32],
     dx: &mut [f32],
 ) {
-    let (dphases, dyw) = scratch.split_at_mut(g.phases_len());
-    g.spread_rows(dy, dyw);
+    let nb = grp.nb;
+    let (dphases, rest) = scratch.split_at_mut(g.phases_len(nb));
+    let dyw = &mut rest[..g.span(nb)];
+    for k in 0..nb {
+        g.spread_rows(grp.plane(g, dy, k, g.out_plane()), dyw, k);
+    }
     dphases.fill(0.0);
-    for (&start, &wv) in g.tap_start.iter().zip(wk) {
+    for (start, &wv) in g.tap_starts(nb).zip(wk) {
         axpy::<FMA>(&mut dphases[start..start + dyw.len()], wv, dyw);
     }
-    g.from_phases(dphases, dx);
+    for (k, dplane) in dx.chunks_exact_mut(g.in_plane()).enumerate() {
+        g.gather_phases(&dphases[k * g.pp()..], nb * g.pp(), dplane);
+    }
 }
 
-simd_dispatch!(fn input_grad_plane = input_grad_plane_generic(g: &Geom, dy: &[f32], scratch: &mut [f32], wk: &[f32], dx: &mut [f32]));
+simd_dispatch!(fn input_grad_group = input_grad_group_generic(g: &Geom, grp: Group, dy: &[f32], scratch: &mut [f32], wk: &[f32], dx: &mut [f32]));
 
-/// Adds this plane's contribution to the channel's kernel gradient `dw` (`kh * kw`).
+/// Adds a group's contribution to its channel's kernel gradient `dw` (`kh * kw`).
 #[inline(always)]
-fn weight_grad_plane_generic<const FMA: bool>(
+fn weight_grad_group_generic<const FMA: bool>(
     g: &Geom,
+    grp: Group,
     x: &[f32],
-    scratch: &mut [f32],
     dy: &[f32],
+    scratch: &mut [f32],
     dw: &mut [f32],
 ) {
-    let (phases, dyw) = scratch.split_at_mut(g.phases_len());
-    g.to_phases(x, phases);
-    g.spread_rows(dy, dyw);
-    for (&start, d) in g.tap_start.iter().zip(dw.iter_mut()) {
+    let nb = grp.nb;
+    let (phases, rest) = scratch.split_at_mut(g.phases_len(nb));
+    let dyw = &mut rest[..g.span(nb)];
+    for k in 0..nb {
+        g.split_phases(
+            grp.plane(g, x, k, g.in_plane()),
+            &mut phases[k * g.pp()..],
+            nb * g.pp(),
+        );
+        g.spread_rows(grp.plane(g, dy, k, g.out_plane()), dyw, k);
+    }
+    for (start, d) in g.tap_starts(nb).zip(dw.iter_mut()) {
         *d += dot::<FMA>(dyw, &phases[start..start + dyw.len()]);
     }
 }
 
-simd_dispatch!(fn weight_grad_plane = weight_grad_plane_generic(g: &Geom, x: &[f32], scratch: &mut [f32], dy: &[f32], dw: &mut [f32]));
+simd_dispatch!(fn weight_grad_group = weight_grad_group_generic(g: &Geom, grp: Group, x: &[f32], dy: &[f32], scratch: &mut [f32], dw: &mut [f32]));
 
-/// Runs `f(plane_index, out_plane, scratch)` over all output planes, in parallel when big.
-fn for_planes(
+/// Whether to split channels over rayon's pool.
+fn parallel(elems: usize) -> bool {
+    elems >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1
+}
+
+/// Runs `f(group, scratch, chan_out)` over every channel's image groups, where `chan_out`
+/// holds the channel's `N` planes of `plane` elements image-major, then scatters them into
+/// the NCHW buffer `out`.
+fn per_channel_planes(
+    g: &Geom,
     out: &mut [f32],
     plane: usize,
-    scratch_len: usize,
-    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+    f: impl Fn(Group, &mut [f32], &mut [f32]) + Sync,
 ) {
-    if plane == 0 {
+    let gsz = g.group();
+    let channel = |c: usize, scratch: &mut [f32], chan: &mut [f32]| {
+        for n0 in (0..g.n).step_by(gsz) {
+            let nb = gsz.min(g.n - n0);
+            f(
+                Group { c, n0, nb },
+                scratch,
+                &mut chan[n0 * plane..(n0 + nb) * plane],
+            );
+        }
+    };
+    let scatter = |c: usize, chan: &[f32], out: &mut [f32]| {
+        for (n, p) in chan.chunks_exact(plane).enumerate() {
+            let i = n * g.c + c;
+            out[i * plane..(i + 1) * plane].copy_from_slice(p);
+        }
+    };
+    if plane == 0 || g.n == 0 {
         return;
     }
-    if out.len() < PAR_MIN_ELEMS {
-        let mut scratch = vec![0f32; scratch_len];
-        for (i, o) in out.chunks_exact_mut(plane).enumerate() {
-            f(i, o, &mut scratch);
+    if parallel(out.len()) {
+        let chans: Vec<Vec<f32>> = (0..g.c)
+            .into_par_iter()
+            .map_init(
+                || vec![0f32; g.scratch_len()],
+                |scratch, c| {
+                    let mut chan = vec![0f32; g.n * plane];
+                    channel(c, scratch, &mut chan);
+                    chan
+                },
+            )
+            .collect();
+        for (c, chan) in chans.iter().enumerate() {
+            scatter(c, chan, out);
         }
     } else {
-        out.par_chunks_exact_mut(plane)
-            .enumerate()
-            .with_min_len((PAR_MIN_ELEMS / plane).max(1))
-            .for_each_init(
-                || vec![0f32; scratch_len],
-                |scratch, (i, o)| f(i, o, scratch),
-            );
+        let mut scratch = vec![0f32; g.scratch_len()];
+        let mut chan = vec![0f32; g.n * plane];
+        for c in 0..g.c {
+            channel(c, &mut scratch, &mut chan);
+            scatter(c, &chan, out);
+        }
     }
 }
 
@@ -329,12 +441,10 @@ impl CustomOp2 for DwForward {
         let g = &self.0;
         let x = slice_f32(s1, l1, self.name(), "input")?;
         let wt = slice_f32(s2, l2, self.name(), "weight")?;
+        let k = g.kh * g.kw;
         let mut out = vec![0f32; g.n * g.c * g.out_plane()];
-        let scratch = g.scratch_len();
-        for_planes(&mut out, g.out_plane(), scratch, |i, o, s| {
-            let c = i % g.c;
-            let xp = &x[i * g.in_plane()..(i + 1) * g.in_plane()];
-            fwd_plane(g, xp, s, &wt[c * g.kh * g.kw..(c + 1) * g.kh * g.kw], o);
+        per_channel_planes(g, &mut out, g.out_plane(), |grp, scratch, o| {
+            fwd_group(g, grp, x, scratch, &wt[grp.c * k..(grp.c + 1) * k], o);
         });
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.ho, g.wo))))
     }
@@ -371,12 +481,10 @@ impl CustomOp2 for DwInputGrad {
         let g = &self.0;
         let dy = slice_f32(s1, l1, self.name(), "output gradient")?;
         let wt = slice_f32(s2, l2, self.name(), "weight")?;
+        let k = g.kh * g.kw;
         let mut dx = vec![0f32; g.n * g.c * g.in_plane()];
-        let scratch = g.scratch_len();
-        for_planes(&mut dx, g.in_plane(), scratch, |i, o, s| {
-            let c = i % g.c;
-            let dyp = &dy[i * g.out_plane()..(i + 1) * g.out_plane()];
-            input_grad_plane(g, dyp, s, &wt[c * g.kh * g.kw..(c + 1) * g.kh * g.kw], o);
+        per_channel_planes(g, &mut dx, g.in_plane(), |grp, scratch, o| {
+            input_grad_group(g, grp, dy, scratch, &wt[grp.c * k..(grp.c + 1) * k], o);
         });
         Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
     }
@@ -402,23 +510,25 @@ impl CustomOp2 for DwWeightGrad {
         let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
         let k = g.kh * g.kw;
         let mut dw = vec![0f32; g.c * k];
-        let scratch_len = g.scratch_len();
+        let gsz = g.group();
         let channel = |c: usize, dwc: &mut [f32], scratch: &mut Vec<f32>| {
-            for n in 0..g.n {
-                let i = n * g.c + c;
-                let xp = &x[i * g.in_plane()..(i + 1) * g.in_plane()];
-                let dyp = &dy[i * g.out_plane()..(i + 1) * g.out_plane()];
-                weight_grad_plane(g, xp, scratch, dyp, dwc);
+            for n0 in (0..g.n).step_by(gsz) {
+                let grp = Group {
+                    c,
+                    n0,
+                    nb: gsz.min(g.n - n0),
+                };
+                weight_grad_group(g, grp, x, dy, scratch, dwc);
             }
         };
-        if g.n * g.c * g.out_plane() < PAR_MIN_ELEMS {
-            let mut scratch = vec![0f32; scratch_len];
+        if !parallel(g.n * g.c * g.out_plane()) {
+            let mut scratch = vec![0f32; g.scratch_len()];
             for (c, dwc) in dw.chunks_exact_mut(k).enumerate() {
                 channel(c, dwc, &mut scratch);
             }
         } else {
             dw.par_chunks_exact_mut(k).enumerate().for_each_init(
-                || vec![0f32; scratch_len],
+                || vec![0f32; g.scratch_len()],
                 |scratch, (c, dwc)| channel(c, dwc, scratch),
             );
         }

@@ -1,6 +1,6 @@
 //! `convert` and `run_tensor` refuse what they cannot do faithfully, with errors naming the
 //! node / fake-quant module: unobserved observers, ops without an int8 form, NaN weights or BN
-//! statistics, asymmetric weights, float layers the runtime has no float op for, a float
+//! statistics, asymmetric weights (refit by default, refused on request), float layers the runtime has no float op for, a float
 //! first layer, and bad tensors.
 
 mod convert_util;
@@ -8,11 +8,15 @@ mod convert_util;
 use candle_core::{DType, Device, Tensor};
 use convert_util::{randn, train};
 use qat_core::{QDType, QScheme, DEFAULT_EPS};
+use qat_graph::convert::{
+    convert_with_options, lower_node, AsymmetricWeights, LowerOptions, Lowered,
+};
 use qat_graph::qconfig::{FakeQuantKind, FqSpec, NodeQConfig, ObserverKind};
 use qat_graph::{
     convert, prepare_qat_module, BnCfg, Conv2dCfg, Graph, GraphModule, LinearCfg, PoolCfg, QConfig,
     QatGraph, RunTensor,
 };
+use qat_runtime::ModelOptions;
 
 const IN: [usize; 4] = [4, 2, 8, 8];
 
@@ -119,7 +123,8 @@ fn convert_refuses_non_finite_weights_and_bn_statistics() {
 }
 
 #[test]
-fn convert_refuses_asymmetric_weights() {
+fn convert_refits_or_refuses_asymmetric_weights() {
+    // quint8 per-tensor affine weights: zero point near 128, integers q - zp up to ±255.
     let act = QConfig::default_qat().global().unwrap().activation;
     let weight = FqSpec {
         kind: FakeQuantKind::FakeQuantize,
@@ -135,11 +140,37 @@ fn convert_refuses_asymmetric_weights() {
             weight,
         }),
     );
-    let e = err(&q);
+    let strict = LowerOptions {
+        asymmetric_weights: AsymmetricWeights::Refuse,
+    };
+    let e = convert_with_options(&q, ModelOptions::default(), strict)
+        .unwrap_err()
+        .to_string();
     assert!(
-        e.contains("weight_fake_quant") && e.contains("zero point"),
+        e.contains("conv0.weight_fake_quant") && e.contains("zero point"),
         "{e}"
     );
+
+    // Refit (the default): every channel at twice the scale, integers halved — checked
+    // against the fake-quant module's own output (observers are off: it only quantizes).
+    let id = q.graph().find("conv1").unwrap();
+    let Lowered::Weighted(l) = lower_node(&q, id).unwrap() else {
+        panic!("conv1 is weighted")
+    };
+    let fq = q.node("conv1").unwrap().weight_fq.as_ref().unwrap();
+    let (s, zp) = fq.qparams().unwrap();
+    assert_ne!(zp[0], 0);
+    assert_eq!(l.refit_channels, (0..8).collect::<Vec<_>>());
+    assert!(l.weight_scales.iter().all(|&w| w == 2.0 * s[0]));
+    let w = q.module().varmap().data().lock().unwrap()["conv1.weight"].clone();
+    let wq = fq.forward(w.as_tensor()).unwrap();
+    let wq = wq.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (k, v) in l.weight.iter().zip(&wq) {
+        let e = (v / s[0]).round() as i32;
+        let want = ((e as f64 / 2.0).round_ties_even() as i32).clamp(-128, 127);
+        assert_eq!(*k as i32, want, "fake-quant integer {e}");
+    }
+    assert!(convert(&q).is_ok());
 }
 
 #[test]

@@ -32,6 +32,30 @@ use crate::error::{GraphError, Result};
 use crate::ir::{Act, Conv2dCfg, LinearCfg, NodeId, Op};
 use crate::qat::{FqModule, QatGraph};
 
+/// What to do with a weight fake-quant whose zero point is not 0 on some channel, so that
+/// its integers `q - zp` need 9 bits (the runtime's weights are i8, zero point 0).
+///
+/// PyTorch's fused per-channel "symmetric" weight fake-quant does this to every channel whose
+/// weights share one sign: it quantizes `[0, max]` (or `[min, 0]`) affinely, zero point
+/// −128 (or 127) — 209 channels of the golden MobileNetV2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AsymmetricWeights {
+    /// Re-express such a channel symmetrically at twice its scale:
+    /// `k = clamp(round_half_even((q - zp) / 2), -128, 127)`. Its weights then differ from
+    /// the fake-quant's by at most half a (fake-quant) step; listed in
+    /// [`LoweredWeighted::refit_channels`].
+    #[default]
+    Refit,
+    /// `Err` naming the weight fake-quant.
+    Refuse,
+}
+
+/// Options of the lowering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LowerOptions {
+    pub asymmetric_weights: AsymmetricWeights,
+}
+
 /// A quantized activation value as the runtime holds it (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActQ {
@@ -60,11 +84,18 @@ pub enum WeightedKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoweredWeighted {
     pub kind: WeightedKind,
-    /// The integer values of the weight fake-quant's output (BN folded in first): exactly
-    /// the weights the QAT forward convolves with, divided by their scale.
+    /// The integer values `q - zp` of the weight fake-quant's output (BN folded in first):
+    /// exactly the weights the QAT forward convolves with, divided by their scale (halved on
+    /// `refit_channels`).
     pub weight: Vec<i8>,
-    /// One per output channel (a per-tensor weight fake-quant's scale replicated).
+    /// One per output channel (a per-tensor weight fake-quant's scale replicated; twice the
+    /// fake-quant's scale on a refit channel).
     pub weight_scales: Vec<f32>,
+    /// Output channels whose weight fake-quant has a zero point that puts `q - zp` outside
+    /// i8 (see [`AsymmetricWeights::Refit`]): their weights are `round_half_even((q - zp) / 2)`
+    /// at twice the scale, so they differ from the fake-quant weight by half a step on odd
+    /// integers. Empty for symmetric weights.
+    pub refit_channels: Vec<usize>,
     /// The folded float bias (`None`: no conv bias and no BN).
     pub bias: Option<Vec<f32>>,
     /// `bias` quantized at scale `input.scale · weight_scales[c]`, round half to even in
@@ -285,7 +316,7 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Lower a quantized Conv2d / Linear node (see [`LoweredWeighted`]).
-fn lower_weighted(qat: &QatGraph, id: NodeId) -> Result<LoweredWeighted> {
+fn lower_weighted(qat: &QatGraph, id: NodeId, opts: &LowerOptions) -> Result<LoweredWeighted> {
     let g = qat.graph();
     let node = g.node(id);
     let q = &qat.nodes()[id.0];
@@ -383,33 +414,51 @@ fn lower_weighted(qat: &QatGraph, id: NodeId) -> Result<LoweredWeighted> {
         ));
     }
     let pick = |c: usize| if per_channel { c } else { 0 };
-    if let Some(c) = (0..oc).find(|&c| zps[pick(c)] != 0) {
-        return Err(GraphError::node(
-            wfq.name(),
-            format!(
-                "weight zero point [{c}] = {} ({:?}): int8 weights are symmetric (zero point 0)",
-                zps[pick(c)],
-                spec.scheme
-            ),
-        ));
-    }
     let (wlo, whi) = spec.dtype.range();
-    if wlo < -128 || whi > 127 {
-        return Err(GraphError::node(
-            wfq.name(),
-            format!("weight range [{wlo}, {whi}] does not fit i8"),
-        ));
+    // Channel c's effective integers `q - zp` lie in [wlo - zp, whi - zp]: i8 as they are, or
+    // (a nonzero zero point) halved at twice the scale, see `AsymmetricWeights::Refit`.
+    let mut refit_channels = Vec::new();
+    for c in 0..oc {
+        let zp = zps[pick(c)];
+        if wlo - zp >= -128 && whi - zp <= 127 {
+            continue;
+        }
+        if opts.asymmetric_weights == AsymmetricWeights::Refuse {
+            return Err(GraphError::node(
+                wfq.name(),
+                format!(
+                    "weight zero point [{c}] = {zp} ({:?}, range [{wlo}, {whi}]): the weight \
+                     integers q - zp do not fit i8 (int8 weights are symmetric, zero point 0)",
+                    spec.scheme
+                ),
+            ));
+        }
+        refit_channels.push(c);
     }
     let per_oc = scaled.len() / oc;
-    let weight: Vec<i8> = scaled
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| {
-            let s = scales[pick(i / per_oc)];
-            qat_core::quantize_with_inv(x, qat_core::inv_scale(s), 0, wlo, whi) as i8
+    let mut weight = Vec::with_capacity(scaled.len());
+    for (i, &x) in scaled.iter().enumerate() {
+        let c = i / per_oc;
+        let (s, zp) = (scales[pick(c)], zps[pick(c)]);
+        let e = qat_core::quantize_with_inv(x, qat_core::inv_scale(s), zp, wlo, whi) - zp;
+        let k = if refit_channels.binary_search(&c).is_ok() {
+            ((e as f32 / 2.0).round_ties_even() as i32).clamp(-128, 127)
+        } else {
+            e
+        };
+        weight.push(k as i8);
+    }
+    let weight_scales: Vec<f32> = (0..oc)
+        .map(|c| {
+            let s = scales[pick(c)];
+            if refit_channels.binary_search(&c).is_ok() {
+                2.0 * s
+            } else {
+                s
+            }
         })
         .collect();
-    let weight_scales: Vec<f32> = (0..oc).map(|c| scales[pick(c)]).collect();
+    finite(wfq.name(), "weight scale", &weight_scales)?;
 
     let bias_i32 = match &bias {
         None => None,
@@ -437,6 +486,7 @@ fn lower_weighted(qat: &QatGraph, id: NodeId) -> Result<LoweredWeighted> {
         kind,
         weight,
         weight_scales,
+        refit_channels,
         bias,
         bias_i32,
         input,
@@ -449,8 +499,14 @@ fn lower_weighted(qat: &QatGraph, id: NodeId) -> Result<LoweredWeighted> {
 /// The integer form of node `id` (see [`Lowered`]). `Err`, naming the node (or its
 /// fake-quant module), for an op with no int8 form (MaxPool, AvgPool2d, Concat, BatchNorm or
 /// Hardswish left quantized, ...), an observer that never saw data, non-finite weights or BN
-/// statistics, bad scales, or weights that are not symmetric.
+/// statistics, bad scales, or (with [`AsymmetricWeights::Refuse`]) weight integers that do
+/// not fit i8.
 pub fn lower_node(qat: &QatGraph, id: NodeId) -> Result<Lowered> {
+    lower_node_with(qat, id, &LowerOptions::default())
+}
+
+/// [`lower_node`] with explicit options.
+pub fn lower_node_with(qat: &QatGraph, id: NodeId, opts: &LowerOptions) -> Result<Lowered> {
     let g = qat.graph();
     if id.0 >= g.len() {
         return Err(GraphError::Graph(format!(
@@ -492,7 +548,7 @@ pub fn lower_node(qat: &QatGraph, id: NodeId) -> Result<Lowered> {
         | Op::ConvBn { .. }
         | Op::Linear(_)
         | Op::LinearAct { .. }
-        | Op::LinearBn { .. } => Lowered::Weighted(Box::new(lower_weighted(qat, id)?)),
+        | Op::LinearBn { .. } => Lowered::Weighted(Box::new(lower_weighted(qat, id, opts)?)),
         Op::Add | Op::AddAct { .. } => {
             let act = match &node.op {
                 Op::AddAct { act } => Some(*act),

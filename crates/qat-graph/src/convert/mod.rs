@@ -26,6 +26,10 @@
 //! * Float islands use the runtime's float ops: Linear / LinearBn (+ReLU), 1×1 stride-1
 //!   unpadded Conv / ConvBn (+ReLU) with BN folded in float, ReLU, Hardswish, Add (+ReLU),
 //!   Flatten, Dropout, Identity. Anything else left in float is an `Err` naming the node.
+//! * Weight integers `q - zp` that do not fit i8 (a weight fake-quant with a nonzero zero
+//!   point; PyTorch's fused per-channel symmetric observer gives one to every channel whose
+//!   weights share a sign) are refit at twice the scale by default, half a step from the
+//!   fake-quant weight on odd integers ([`AsymmetricWeights`]); `Refuse` makes them an `Err`.
 //! * One graph input and one graph output (the runtime's model shape); the input must be
 //!   quantized and read by quantized consumers only.
 //!
@@ -47,8 +51,11 @@ pub mod lower;
 pub mod plan;
 mod tensor;
 
-pub use lower::{lower_node, value_q, ActQ, Lowered, LoweredWeighted, WeightedKind};
-pub use plan::{lower_graph, Conversion};
+pub use lower::{
+    lower_node, lower_node_with, value_q, ActQ, AsymmetricWeights, LowerOptions, Lowered,
+    LoweredWeighted, WeightedKind,
+};
+pub use plan::{lower_graph, lower_graph_with, Conversion};
 pub use tensor::RunTensor;
 
 use qat_runtime::{ModelOptions, QuantizedModel};
@@ -65,7 +72,17 @@ pub fn convert(qat: &QatGraph) -> Result<QuantizedModel> {
 
 /// [`convert`] with explicit runtime options (forced ISA, threads).
 pub fn convert_with(qat: &QatGraph, options: ModelOptions) -> Result<QuantizedModel> {
-    let c = lower_graph(qat)?;
+    convert_with_options(qat, options, LowerOptions::default())
+}
+
+/// [`convert`] with explicit runtime and lowering options (e.g. refuse, rather than refit,
+/// weights whose zero point is not 0: [`AsymmetricWeights`]).
+pub fn convert_with_options(
+    qat: &QatGraph,
+    options: ModelOptions,
+    lower: LowerOptions,
+) -> Result<QuantizedModel> {
+    let c = lower_graph_with(qat, &lower)?;
     let output = c.output.clone();
     c.builder
         .build_with(&output, options)

@@ -7,7 +7,9 @@ use candle_core::DType;
 use qat_core::QParams;
 use qat_runtime::{Activation, Bias, Conv2dParams, LinearParams, ModelBuilder, Shape};
 
-use crate::convert::lower::{lower_node, ActQ, Lowered, LoweredWeighted, WeightedKind};
+use crate::convert::lower::{
+    lower_node_with, ActQ, LowerOptions, Lowered, LoweredWeighted, WeightedKind,
+};
 use crate::error::{GraphError, Result};
 use crate::ir::{Act, FusedBn, NodeId, Op};
 use crate::qat::QatGraph;
@@ -394,6 +396,11 @@ fn float_params(
 
 /// Lower every node of `qat` to runtime ops (see the [`convert`](super) module docs).
 pub fn lower_graph(qat: &QatGraph) -> Result<Conversion> {
+    lower_graph_with(qat, &LowerOptions::default())
+}
+
+/// [`lower_graph`] with explicit lowering options.
+pub fn lower_graph_with(qat: &QatGraph, opts: &LowerOptions) -> Result<Conversion> {
     let g = qat.graph();
     if g.inputs().len() != 1 || g.outputs().len() != 1 {
         return Err(GraphError::Graph(format!(
@@ -425,7 +432,7 @@ pub fn lower_graph(qat: &QatGraph) -> Result<Conversion> {
     };
     for i in 0..g.len() {
         let id = NodeId(i);
-        match lower_node(qat, id)? {
+        match lower_node_with(qat, id, opts)? {
             // A float input whose consumers are all quantized: its quant stub is the entry.
             Lowered::Float {
                 quant_stub: Some(output),

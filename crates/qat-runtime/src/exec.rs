@@ -374,19 +374,30 @@ fn im2col(
     threads: usize,
 ) {
     let k = g.taps() * cg;
+    // With one group and undilated columns, a kernel row's taps are adjacent pixels: one
+    // contiguous `kernel_w · C` run of the input when it lies inside the row.
+    let runs = cg == s.c && g.dilation_w == 1;
+    let run = g.kernel_w * cg;
     let fill = |r: usize, dst: &mut [u8]| {
         let (b, oy) = (r / o.h, r % o.h);
         for ox in 0..o.w {
             let pix = &mut dst[ox * k..(ox + 1) * k];
+            let ix0 = (ox * g.stride_w) as isize - g.pad_w as isize;
+            let inside_x = ix0 >= 0 && ix0 as usize + g.kernel_w <= s.w;
             for ky in 0..g.kernel_h {
                 let iy = (oy * g.stride_h + ky * g.dilation_h) as isize - g.pad_h as isize;
+                if runs && inside_x && iy >= 0 && (iy as usize) < s.h {
+                    let off = ((b * s.h + iy as usize) * s.w + ix0 as usize) * s.c;
+                    copy_small(&mut pix[ky * run..(ky + 1) * run], &x[off..off + run]);
+                    continue;
+                }
                 for kx in 0..g.kernel_w {
                     let ix = (ox * g.stride_w + kx * g.dilation_w) as isize - g.pad_w as isize;
                     let t = ky * g.kernel_w + kx;
                     let d = &mut pix[t * cg..(t + 1) * cg];
                     if iy >= 0 && (iy as usize) < s.h && ix >= 0 && (ix as usize) < s.w {
                         let off = ((b * s.h + iy as usize) * s.w + ix as usize) * s.c + c0;
-                        d.copy_from_slice(&x[off..off + cg]);
+                        copy_small(d, &x[off..off + cg]);
                     } else {
                         d.fill(zero_point);
                     }
@@ -403,5 +414,19 @@ fn im2col(
         cols.par_chunks_mut(row_bytes)
             .enumerate()
             .for_each(|(r, dst)| fill(r, dst));
+    }
+}
+
+/// `dst.copy_from_slice(src)` without a `memcpy` call for the few-byte runs of small-channel
+/// convolutions (the stem's 1–3 channels), where the call dominates the copy.
+#[inline]
+fn copy_small(dst: &mut [u8], src: &[u8]) {
+    debug_assert_eq!(dst.len(), src.len());
+    if dst.len() <= 16 {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v;
+        }
+    } else {
+        dst.copy_from_slice(src);
     }
 }

@@ -4,8 +4,13 @@
 //!
 //! What is counted: every allocation on any thread of the process while the calls run — our
 //! code, qat-kernels and rayon alike (rayon's pool threads start, and allocate their own state,
-//! when the model is built, before counting). The binary holds a single test so that the test
-//! harness allocates nothing meanwhile (it does when another test finishes).
+//! when the model is built, before counting). One allocation is rayon's, not ours, and not
+//! per call: the first time a pool thread steals work, crossbeam-epoch registers that thread
+//! (`Collector::register`, a heap `Local`), once per thread, whenever that first steal
+//! happens (traced with a backtrace-printing allocator). At 2 threads the test allows at most
+//! two allocations per pool thread over all the calls, and none at 1 thread. The binary has its own `main` (`harness =
+//! false`): libtest's main thread allocates while it waits for tests, which a process-wide
+//! count would see.
 
 mod common;
 
@@ -177,17 +182,27 @@ fn check_repeated_calls(threads: usize) {
     println!(
         "threads {threads}: first call {first} allocations, then {counts:?}; kernels {kernels:?}"
     );
+    let (total, calls_allocating) = (
+        counts.iter().sum::<usize>(),
+        counts.iter().filter(|&&n| n > 0).count(),
+    );
+    // One registration per pool thread at most (see the module doc); none without a pool.
+    let (max_total, max_calls) = if threads > 1 {
+        (2 * threads, threads)
+    } else {
+        (0, 0)
+    };
     assert!(
-        counts.iter().all(|&n| n == 0),
+        total <= max_total && calls_allocating <= max_calls,
         "threads {threads}: repeated calls allocated {counts:?}"
     );
 }
 
-#[test]
-fn repeated_runs_allocate_nothing() {
+fn main() {
     check_variants();
     check_repeated_calls(1);
     check_repeated_calls(2);
+    println!("no_alloc: ok");
 }
 
 /// The model reaches every depthwise kernel variant on AVX-512 VNNI.

@@ -233,3 +233,33 @@ fn convert_forward_traced_ends_with_the_forward_output() {
         .unwrap();
     assert_eq!(d, 0.0);
 }
+
+#[test]
+fn convert_ptq_calibrated_graph_tracks_the_float_model() {
+    // Post-training: observe-only specs, calibrated on a few batches, never fake-quantized;
+    // the int8 model must stay close to the float eval it was calibrated on.
+    let m = GraphModule::new(graph(), 21, &Device::Cpu).unwrap();
+    let q = qat_graph::prepare(m, &QConfig::ptq()).unwrap();
+    let batches: Vec<_> = (0..4).map(|i| randn(300 + i, &IN)).collect();
+    q.calibrate(&batches).unwrap();
+    q.enable_observers(false);
+    let model = convert(&q).unwrap();
+    let x = randn(400, &[64, IN[1], IN[2], IN[3]]);
+    let y = model.run_tensor(&x).unwrap();
+    let f = q.forward_t(&x, false).unwrap();
+    let flat = f.flatten_all().unwrap();
+    let range = (flat.max(0).unwrap() - flat.min(0).unwrap())
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let d = (&y - &f)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    println!("ptq: int8 vs float max |Δ| {d} (logits range {range})");
+    assert!(d <= 0.1 * range, "ptq: max |Δ| {d} vs range {range}");
+}

@@ -91,10 +91,18 @@ fn set(q: &QatGraph, name: &str, idx: usize, v: f32) {
 
 #[test]
 fn convert_refuses_a_graph_whose_observers_never_saw_data() {
-    let q = prepared(false, &QConfig::default_qat());
-    let e = err(&q);
-    assert!(e.contains("never saw data"), "{e}");
-    assert!(e.contains("x.activation_post_process"), "{e}");
+    let presets = [
+        QConfig::default_qat(),
+        QConfig::pytorch_x86(),
+        QConfig::lsq(8).unwrap(),
+        QConfig::ptq(),
+    ];
+    for qc in &presets {
+        let q = prepared(false, qc);
+        let e = err(&q);
+        assert!(e.contains("never saw data"), "{e}");
+        assert!(e.contains("x.activation_post_process"), "{e}");
+    }
 }
 
 #[test]

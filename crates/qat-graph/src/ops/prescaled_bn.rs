@@ -2,19 +2,18 @@
 //! one op: the QAT Conv+BN un-scaling (`conv / scale_factor (+ bias)`) followed by the real
 //! BatchNorm with batch statistics (PyTorch's `_forward_approximate`).
 //!
-//! The divided tensor `z` is never stored: each pass recomputes it per (image, channel) plane
-//! into a plane-sized scratch (with the same rounding as [`super::channel_div_nchw`]), so the
-//! pair costs one output tensor and one autograd node instead of two of each. The backward
-//! chains the BatchNorm gradient `dz` into `dx = dz / s`, `ds = −Σ dz·x / s²`, `db = Σ dz`.
+//! The divided tensor `z` is never a tensor: forward and backward each compute one channel's
+//! `z` (all images, `N·H·W` floats, cache-resident; the same rounding as
+//! [`super::channel_div_nchw`]) and run every pass of that channel on it, so the pair costs one
+//! output tensor and one autograd node instead of two of each. The backward chains the
+//! BatchNorm gradient `dz` into `dx = dz / s`, `ds = −Σ dz·x / s²`, `db = Σ dz`.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::batch_norm::{
-    affine, check, dx_kernel, grad_sums, per_channel, sq_dev, BatchNormTrainOutput, Dims,
-};
+use super::batch_norm::{affine, check, dx_kernel, grad_sums, sq_dev, BatchNormTrainOutput, Dims};
 use super::channel::{bwd_plane, fwd_plane};
 use super::common::{f32_contiguous, slice_f32, sum, PAR_MIN_ELEMS};
 
@@ -32,27 +31,55 @@ fn z_plane(z: &mut [f32], x: &[f32], d: Dims, i: usize, s: &[f32], b: &[f32]) {
     fwd_plane(z, &x[i * d.plane..(i + 1) * d.plane], s[c], b[c], true);
 }
 
-/// Runs `f(i, out_plane) -> T` over the planes of `out` with a plane-sized scratch, in parallel
-/// when big; returns the per-plane results in order.
-fn map_planes<T: Send>(
+/// Runs `f(c, chan_out) -> T` for every channel, where `chan_out` receives the channel's `N`
+/// planes image-major; scatters them into the NCHW buffer `out` and returns the results in
+/// channel order. Channels run on rayon's pool when big and more than one thread is there.
+fn per_channel_out<T: Send>(
+    d: Dims,
     out: &mut [f32],
-    plane: usize,
-    f: impl Fn(usize, &mut [f32], &mut [f32]) -> T + Sync,
+    f: impl Fn(usize, &mut [f32]) -> T + Sync,
 ) -> Vec<T> {
-    if plane == 0 {
-        return Vec::new();
+    let scatter = |c: usize, chan: &[f32], out: &mut [f32]| {
+        for (n, p) in chan.chunks_exact(d.plane).enumerate() {
+            let i = n * d.c + c;
+            out[i * d.plane..(i + 1) * d.plane].copy_from_slice(p);
+        }
+    };
+    if d.plane == 0 {
+        let mut empty: [f32; 0] = [];
+        return (0..d.c).map(|c| f(c, &mut empty)).collect();
     }
-    if out.len() < PAR_MIN_ELEMS {
-        let mut scratch = vec![0f32; 2 * plane];
-        out.chunks_exact_mut(plane)
+    if out.len() >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1 {
+        let res: Vec<(T, Vec<f32>)> = (0..d.c)
+            .into_par_iter()
+            .map(|c| {
+                let mut chan = vec![0f32; d.n * d.plane];
+                (f(c, &mut chan), chan)
+            })
+            .collect();
+        res.into_iter()
             .enumerate()
-            .map(|(i, o)| f(i, o, &mut scratch))
+            .map(|(c, (t, chan))| {
+                scatter(c, &chan, out);
+                t
+            })
             .collect()
     } else {
-        out.par_chunks_exact_mut(plane)
-            .enumerate()
-            .map_init(|| vec![0f32; 2 * plane], |scratch, (i, o)| f(i, o, scratch))
+        let mut chan = vec![0f32; d.n * d.plane];
+        (0..d.c)
+            .map(|c| {
+                let t = f(c, &mut chan);
+                scatter(c, &chan, out);
+                t
+            })
             .collect()
+    }
+}
+
+/// The channel's `z = x / s + b` for all images (image-major) into `z`.
+fn z_channel(z: &mut [f32], x: &[f32], d: Dims, c: usize, s: &[f32], b: &[f32]) {
+    for (n, zp) in z.chunks_exact_mut(d.plane.max(1)).enumerate() {
+        z_plane(zp, x, d, n * d.c + c, s, b);
     }
 }
 
@@ -84,31 +111,23 @@ impl CustomOp3 for Forward {
         let (gamma, s) = gs.split_at(d.c);
         let (beta, b) = bb.split_at(d.c);
         let m = d.count() as f64;
-        let stats: Vec<(f32, f32)> = per_channel(d, |c| {
-            // The channel's z, all images (N·H·W floats: cache-resident).
+        let mut y = vec![0f32; x.len()];
+        // Per channel: z once (cache-resident), its statistics, then y from it.
+        let stats: Vec<(f32, f32, f32)> = per_channel_out(d, &mut y, |c, yc| {
             let mut z = vec![0f32; d.n * d.plane];
-            for (n, zp) in z.chunks_exact_mut(d.plane.max(1)).enumerate() {
-                z_plane(zp, x, d, n * d.c + c, s, b);
-            }
+            z_channel(&mut z, x, d, c, s, b);
             let mean = (sum(&z) as f64 / m) as f32;
             let mut var = 0f64;
             sq_dev(&z, mean, &mut var);
-            (mean, (var / m) as f32)
+            let var = (var / m) as f32;
+            let invstd = (1.0 / (var as f64 + self.eps).sqrt()) as f32;
+            let a = gamma[c] * invstd;
+            affine(yc, &z, a, beta[c] - a * mean);
+            (mean, var, invstd)
         });
         let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
         let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
-        let invstd: Vec<f32> = var
-            .iter()
-            .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
-            .collect();
-        let mut y = vec![0f32; x.len()];
-        map_planes(&mut y, d.plane, |i, o, scratch| {
-            let c = i % d.c;
-            let z = &mut scratch[..d.plane];
-            z_plane(z, x, d, i, s, b);
-            let a = gamma[c] * invstd[c];
-            affine(o, z, a, beta[c] - a * mean[c]);
-        });
+        let invstd: Vec<f32> = stats.iter().map(|s| s.2).collect();
         *self
             .stats
             .lock()
@@ -182,41 +201,40 @@ impl CustomOp3 for Backward {
         let b = &rest[d.c..];
         let m = d.count() as f64;
         let plane = |i: usize| i * d.plane..(i + 1) * d.plane;
-        // Per channel: Σdy and Σdy·(z − mean).
-        let sums: Vec<(f64, f64)> = per_channel(d, |c| {
-            let mut z = vec![0f32; d.plane];
+        let mut out = vec![0f32; x.len() + 4 * d.c];
+        let (dx, tail) = out.split_at_mut(x.len());
+        // Per channel: z once; Σdy and Σdy·(z − mean); then dz = k·dy + mz·z + q (the
+        // BatchNorm backward) and dx = dz / s with Σdz and Σdz·x.
+        let sums: Vec<[f64; 4]> = per_channel_out(d, dx, |c, dxc| {
+            let mut z = vec![0f32; d.n * d.plane];
+            z_channel(&mut z, x, d, c, s, b);
             let (mut sdy, mut sdyzc) = (0f64, 0f64);
-            for n in 0..d.n {
-                let i = n * d.c + c;
-                z_plane(&mut z, x, d, i, s, b);
+            for (n, zp) in z.chunks_exact(d.plane.max(1)).enumerate() {
                 let mut o = (0f64, 0f64);
-                grad_sums(&dy[plane(i)], &z, st.mean[c], &mut o);
+                grad_sums(&dy[plane(n * d.c + c)], zp, st.mean[c], &mut o);
                 sdy += o.0;
                 sdyzc += o.1;
             }
-            (sdy, sdyzc)
-        });
-        let mut out = vec![0f32; x.len() + 4 * d.c];
-        let (dx, tail) = out.split_at_mut(x.len());
-        // dz = k·dy + mz·z + q (the BatchNorm backward), then dx = dz / s with Σdz, Σdz·x.
-        let plane_sums = map_planes(dx, d.plane, |i, o, scratch| {
-            let c = i % d.c;
-            let (z, dz) = scratch.split_at_mut(d.plane);
-            z_plane(z, x, d, i, s, b);
-            let (sdy, sdyzc) = sums[c];
             let inv = st.invstd[c] as f64;
             let k = gamma[c] as f64 * inv;
             let mz = -k * sdyzc * inv * inv / m;
             let q = -k * sdy / m - mz * st.mean[c] as f64;
-            dx_kernel(dz, &dy[plane(i)], z, k as f32, mz as f32, q as f32);
-            bwd_plane(o, dz, &x[plane(i)], s[c], true)
+            let mut dz = vec![0f32; d.plane];
+            let (mut sdz, mut sdzx) = (0f64, 0f64);
+            for (n, (zp, dxp)) in z
+                .chunks_exact(d.plane.max(1))
+                .zip(dxc.chunks_exact_mut(d.plane.max(1)))
+                .enumerate()
+            {
+                let i = n * d.c + c;
+                dx_kernel(&mut dz, &dy[plane(i)], zp, k as f32, mz as f32, q as f32);
+                let (a, bsum) = bwd_plane(dxp, &dz, &x[plane(i)], s[c], true);
+                sdz += a;
+                sdzx += bsum;
+            }
+            [sdy, sdyzc, sdz, sdzx]
         });
-        for c in 0..d.c {
-            let (sdy, sdyzc) = sums[c];
-            let (sdz, sdzx) = (0..d.n).fold((0f64, 0f64), |(a, bsum), n| {
-                let p = plane_sums.get(n * d.c + c).copied().unwrap_or((0.0, 0.0));
-                (a + p.0, bsum + p.1)
-            });
+        for (c, &[sdy, sdyzc, sdz, sdzx]) in sums.iter().enumerate() {
             let sc = s[c] as f64;
             tail[c] = (sdyzc * st.invstd[c] as f64) as f32;
             tail[d.c + c] = (-sdzx / (sc * sc)) as f32;

@@ -11,6 +11,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod all;
 mod dwconv;
 mod gemm;
 mod json;
@@ -41,6 +42,8 @@ enum Command {
     Dwconv(dwconv::Args),
     /// MobileNetV2 training step (fp32 / QAT) in ms: forward, backward, SGD.
     TrainStep(train_step::Args),
+    /// Every section above in one markdown report (+ JSON lines), with the machine's details.
+    All(all::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Command::Model(args) => model::run(&args),
         Command::Dwconv(args) => dwconv::run(&args),
         Command::TrainStep(args) => train_step::run(&args),
+        Command::All(args) => all::run(&args),
     }
 }

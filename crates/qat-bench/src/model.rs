@@ -1,18 +1,30 @@
-//! `qat-bench model`: latency of a whole int8 model through qat-runtime.
+//! `qat-bench model`: latency of MobileNetV2 as our int8 model (qat-runtime) and as our fp32
+//! graph (qat-graph's eval forward on candle), side by side.
 //!
-//! Until `convert` produces trained models, the networks are built with
-//! [`qat_runtime::ModelBuilder`] in MobileNetV2's exact architecture (torchvision's layer
-//! shapes, ReLU6, residual adds, global pool, classifier) with random weights: the int8 kernels'
-//! speed does not depend on the values. Lines carry `weights: "random"` to say so.
+//! Both come from the same network: `mobilenet_v2::build` with seeded random weights. The
+//! fp32 baseline is the fused `GraphModule` in eval mode. The int8 model is what a user gets:
+//! `prepare_qat_module` (`QConfig::default_qat`), calibration on random batches, BN frozen,
+//! observers off, `convert_with` for this CPU. The kernels' speed does not depend on the
+//! values (lines carry `weights: "random"`).
+//!
+//! One line per (model, batch, threads): int8 and fp32 ms, the int8 speed-up over fp32, GMAC/s
+//! (MACs of the convolutions and linears, `mobilenet_v2::macs`) and the int8 GMAC/s as a
+//! percentage of the VNNI peak (`--peak-gmacs`; `qat-bench all` passes the figure its `peak`
+//! section measured). At one thread, `cpu_ms` is the best process CPU time per int8 call: on
+//! a loaded machine it stays near the quiet-machine latency while `ms` (wall) does not.
+//!
+//! ```text
+//! taskset -c 1 qat-bench model --threads 1
+//! qat-bench model --model mnv2-28-w0.5 --batch 32 --threads 1 --threads 2
+//! ```
 
 use crate::json::emit;
 use crate::timing::best_seconds;
-use anyhow::Context;
-use qat_core::QParams;
-use qat_runtime::{
-    Activation, Bias, Conv2dParams, LinearParams, ModelBuilder, ModelOptions, Op, QuantizedModel,
-    Shape,
-};
+use anyhow::{bail, Context};
+use candle_core::{Device, Tensor};
+use mobilenet_v2::MobileNetV2Config;
+use qat_graph::{convert_with, prepare_qat_module, GraphModule, QConfig};
+use qat_runtime::{ModelOptions, QuantizedModel};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -27,7 +39,20 @@ pub struct Args {
     /// Timed batches per figure (the best is reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
-    /// Print the model summary (`inspect`) to stderr.
+    /// Only these models (`mnv2-28-w0.5`, `mnv2-224-w1.0`; repeat the flag). Default: both.
+    #[arg(long)]
+    model: Vec<String>,
+    /// Only these batch sizes (repeat the flag). Default: 1 and 32 at 28×28, 1 at 224.
+    #[arg(long)]
+    batch: Vec<usize>,
+    /// Skip the fp32 baseline.
+    #[arg(long)]
+    no_float: bool,
+    /// VNNI peak (GMAC/s, one core) that `peak_pct` divides by. Default: MEASURED.md's
+    /// `vpdpbusd` zmm figure for this machine type.
+    #[arg(long, default_value_t = 549.0)]
+    peak_gmacs: f64,
+    /// Print the int8 model summary (`inspect`) to stderr.
     #[arg(long)]
     inspect: bool,
 }
@@ -35,260 +60,178 @@ pub struct Args {
 /// One benchmarked configuration.
 struct Config {
     name: &'static str,
-    in_channels: usize,
-    input: usize,
-    width: f64,
-    stem_stride: usize,
-    setting: [[usize; 4]; 7],
-    classes: usize,
+    net: fn() -> MobileNetV2Config,
     batches: &'static [usize],
 }
-
-const IMAGENET: [[usize; 4]; 7] = [
-    [1, 16, 1, 1],
-    [6, 24, 2, 2],
-    [6, 32, 3, 2],
-    [6, 64, 4, 2],
-    [6, 96, 3, 1],
-    [6, 160, 3, 2],
-    [6, 320, 1, 1],
-];
-const SMALL: [[usize; 4]; 7] = [
-    [1, 16, 1, 1],
-    [6, 24, 2, 1],
-    [6, 32, 3, 2],
-    [6, 64, 4, 2],
-    [6, 96, 3, 1],
-    [6, 160, 3, 2],
-    [6, 320, 1, 1],
-];
 
 const CONFIGS: [Config; 2] = [
     Config {
         name: "mnv2-28-w0.5",
-        in_channels: 1,
-        input: 28,
-        width: 0.5,
-        stem_stride: 1,
-        setting: SMALL,
-        classes: 10,
+        net: || MobileNetV2Config::small(1, 28, 0.5, 10),
         batches: &[1, 32],
     },
     Config {
         name: "mnv2-224-w1.0",
-        in_channels: 3,
-        input: 224,
-        width: 1.0,
-        stem_stride: 2,
-        setting: IMAGENET,
-        classes: 1000,
+        net: || MobileNetV2Config::imagenet(1.0, 1000),
         batches: &[1],
     },
 ];
 
-/// torchvision's `_make_divisible(v, 8)`.
-fn make_divisible(v: f64) -> usize {
-    let r = (((v + 4.0) as usize) / 8 * 8).max(8);
-    if (r as f64) < 0.9 * v {
-        r + 8
-    } else {
-        r
-    }
+/// Random NCHW input of `batch` images.
+fn input(cfg: &MobileNetV2Config, batch: usize, seed: u64) -> Vec<f32> {
+    let mut r = StdRng::seed_from_u64(seed);
+    let n = batch * cfg.in_channels * cfg.input_size * cfg.input_size;
+    (0..n).map(|_| r.gen_range(-2.5f32..2.5)).collect()
 }
 
-struct Gen {
-    rng: StdRng,
+fn tensor(cfg: &MobileNetV2Config, batch: usize, seed: u64) -> anyhow::Result<Tensor> {
+    let s = cfg.input_size;
+    Ok(Tensor::from_vec(
+        input(cfg, batch, seed),
+        (batch, cfg.in_channels, s, s),
+        &Device::Cpu,
+    )?)
 }
 
-impl Gen {
-    fn conv(
-        &mut self,
-        ci: usize,
-        co: usize,
-        k: usize,
-        stride: usize,
-        groups: usize,
-        act: Activation,
-    ) -> Conv2dParams {
-        let fan_in = (ci / groups * k * k) as f32;
-        Conv2dParams {
-            out_channels: co,
-            kernel: (k, k),
-            stride: (stride, stride),
-            padding: (k / 2, k / 2),
-            dilation: (1, 1),
-            groups,
-            weight: (0..co * ci / groups * k * k)
-                .map(|_| self.rng.gen_range(-127i32..=127) as i8)
-                .collect(),
-            weight_scales: (0..co)
-                .map(|_| self.rng.gen_range(0.5f32..1.5) / (127.0 * fan_in.sqrt()))
-                .collect(),
-            bias: Bias::I32((0..co).map(|_| self.rng.gen_range(-500..500)).collect()),
-            output: if act == Activation::None {
-                QParams {
-                    scale: 0.08,
-                    zero_point: 128,
-                }
-            } else {
-                QParams {
-                    scale: 6.0 / 255.0,
-                    zero_point: 0,
-                }
-            },
-            activation: act,
-        }
-    }
+/// The fused fp32 module and the int8 model converted from its calibrated QAT twin.
+fn build(cfg: &MobileNetV2Config) -> anyhow::Result<(GraphModule, qat_graph::QatGraph)> {
+    let graph = mobilenet_v2::build(cfg)?;
+    let float = GraphModule::new(graph, 7, &Device::Cpu)?;
+    let fused = float.fused()?;
+    let qat = prepare_qat_module(float, &QConfig::default_qat())?;
+    let batches = [tensor(cfg, 4, 21)?, tensor(cfg, 4, 22)?];
+    qat.calibrate(&batches)?;
+    qat.freeze_bn_stats();
+    qat.enable_observers(false);
+    Ok((fused, qat))
 }
 
-/// MobileNetV2 as an int8 plan: quantize → stem → inverted residuals → last 1×1 → pool →
-/// flatten → linear → dequantize.
-fn build(cfg: &Config, options: ModelOptions) -> anyhow::Result<QuantizedModel> {
-    let mut g = Gen {
-        rng: StdRng::seed_from_u64(7),
-    };
-    let mut b = ModelBuilder::new();
-    let input_q = QParams {
-        scale: 0.02,
-        zero_point: 128,
-    };
-    b.input(
-        "x",
-        Shape::new(cfg.in_channels, cfg.input, cfg.input),
-        input_q,
-    )?;
-    let mut c = make_divisible(32.0 * cfg.width);
-    b.conv2d(
-        "features.0",
-        "x",
-        g.conv(cfg.in_channels, c, 3, cfg.stem_stride, 1, Activation::Relu6),
-    )?;
-    let mut prev = "features.0".to_string();
-    let mut idx = 1;
-    for &[t, co, reps, s] in &cfg.setting {
-        let oc = make_divisible(co as f64 * cfg.width);
-        for r in 0..reps {
-            let stride = if r == 0 { s } else { 1 };
-            let hidden = (c as f64 * t as f64).round() as usize;
-            let block = format!("features.{idx}");
-            let mut x = prev.clone();
-            if t != 1 {
-                let n = format!("{block}.expand");
-                b.conv2d(&n, &x, g.conv(c, hidden, 1, 1, 1, Activation::Relu6))?;
-                x = n;
+/// Best seconds per call of the int8 model.
+fn time_int8(m: &QuantizedModel, x: &[f32], batch: usize, reps: usize) -> anyhow::Result<f64> {
+    let mut out = vec![0f32; m.output_len(batch)?];
+    let mut failed = None;
+    let secs = best_seconds(
+        || {
+            if let Err(e) = m.run_into(x, batch, &mut out) {
+                failed = Some(e);
             }
-            let dw = format!("{block}.dw");
-            b.conv2d(
-                &dw,
-                &x,
-                g.conv(hidden, hidden, 3, stride, hidden, Activation::Relu6),
-            )?;
-            let pw = format!("{block}.project");
-            b.conv2d(&pw, &dw, g.conv(hidden, oc, 1, 1, 1, Activation::None))?;
-            prev = if stride == 1 && c == oc {
-                let add = format!("{block}.add");
-                b.add(
-                    &add,
-                    &prev,
-                    &pw,
-                    QParams {
-                        scale: 0.1,
-                        zero_point: 128,
-                    },
-                    Activation::None,
-                )?;
-                add
-            } else {
-                pw
-            };
-            c = oc;
-            idx += 1;
-        }
-    }
-    let last = make_divisible(1280.0 * cfg.width.max(1.0));
-    b.conv2d(
-        "features.last",
-        &prev,
-        g.conv(c, last, 1, 1, 1, Activation::Relu6),
-    )?;
-    b.global_avg_pool("pool", "features.last", None)?;
-    b.flatten("flatten", "pool")?;
-    b.linear(
-        "classifier",
-        "flatten",
-        LinearParams {
-            out_features: cfg.classes,
-            weight: (0..cfg.classes * last)
-                .map(|_| g.rng.gen_range(-127i32..=127) as i8)
-                .collect(),
-            weight_scales: vec![1.0 / (127.0 * (last as f32).sqrt()); cfg.classes],
-            bias: Bias::None,
-            output: QParams {
-                scale: 0.1,
-                zero_point: 128,
-            },
-            activation: Activation::None,
         },
-    )?;
-    b.dequantize("logits", "classifier")?;
-    Ok(b.build_with("logits", options)?)
+        reps,
+        Duration::from_millis(200),
+    );
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(secs),
+    }
 }
 
-/// Multiply-accumulates per image of the quantized convs and linears.
-fn macs(m: &QuantizedModel) -> usize {
-    let mut c_in = std::collections::HashMap::new();
-    c_in.insert(m.input().name.clone(), m.input().shape.c);
-    let mut total = 0;
-    for n in m.ops() {
-        match &n.op {
-            Op::Conv2d { params: p, input } => {
-                let ci = c_in[input];
-                total +=
-                    n.shape.c * n.shape.h * n.shape.w * (ci / p.groups) * p.kernel.0 * p.kernel.1;
-            }
-            Op::Linear { params: p, .. } => total += p.weight.len(),
-            _ => {}
-        }
-        c_in.insert(n.name.clone(), n.shape.c);
+/// CPU seconds of this process (all threads).
+fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
     }
-    total
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Best CPU seconds per call of the int8 model on one thread: on a shared machine, time
+/// slices lost to other processes inflate wall time but not CPU time.
+fn cpu_int8(m: &QuantizedModel, x: &[f32], batch: usize, wall: f64, reps: usize) -> f64 {
+    let mut out = vec![0f32; m.output_len(batch).unwrap_or(0)];
+    // Batches of about 100 ms of work, so the clock's granularity does not matter.
+    let calls = ((0.1 / wall.max(1e-6)) as usize).clamp(1, 10_000);
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(3) {
+        let t = process_cpu_seconds();
+        for _ in 0..calls {
+            let _ = m.run_into(x, batch, &mut out);
+        }
+        best = best.min((process_cpu_seconds() - t) / calls as f64);
+    }
+    best
+}
+
+/// Best seconds per eval forward of the fp32 module on `threads` threads: candle sizes its
+/// conv / matmul work from `RAYON_NUM_THREADS` and runs it, like our fast ops, on the current
+/// rayon pool.
+fn time_fp32(m: &GraphModule, x: &Tensor, threads: usize, reps: usize) -> anyhow::Result<f64> {
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("building the rayon pool")?;
+    let mut failed = None;
+    let secs = pool.install(|| {
+        best_seconds(
+            || {
+                if let Err(e) = m.forward_t(x, false) {
+                    failed = Some(e);
+                }
+            },
+            reps,
+            Duration::from_millis(200),
+        )
+    });
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(secs),
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (v * p).round() / p
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if args.threads.contains(&0) {
+        bail!("--threads must be at least 1");
+    }
+    for m in &args.model {
+        if !CONFIGS.iter().any(|c| c.name == m) {
+            bail!("unknown --model {m:?} (expected mnv2-28-w0.5 or mnv2-224-w1.0)");
+        }
+    }
     let isa = qat_kernels::isa::active();
     for cfg in &CONFIGS {
+        if !args.model.is_empty() && !args.model.iter().any(|m| m == cfg.name) {
+            continue;
+        }
+        let batches: Vec<usize> = if args.batch.is_empty() {
+            cfg.batches.to_vec()
+        } else {
+            args.batch.clone()
+        };
+        let net = (cfg.net)();
+        let (fused, qat) = build(&net).with_context(|| format!("building {}", cfg.name))?;
+        let per_image = mobilenet_v2::macs(&net)? as f64;
         for &threads in &args.threads {
-            let model = build(
-                cfg,
-                ModelOptions {
-                    isa: Some(isa),
-                    threads,
-                },
-            )
-            .with_context(|| format!("building {}", cfg.name))?;
+            let options = ModelOptions {
+                isa: Some(isa),
+                threads,
+            };
+            let model =
+                convert_with(&qat, options).with_context(|| format!("converting {}", cfg.name))?;
             if args.inspect && threads == args.threads[0] {
                 eprintln!("{}", model.inspect());
             }
-            let per_image = macs(&model);
-            for &batch in cfg.batches {
-                let mut r = StdRng::seed_from_u64(11);
-                let x: Vec<f32> = (0..model.input_len(batch)?)
-                    .map(|_| r.gen_range(-2.5f32..2.5))
-                    .collect();
-                let mut out = vec![0f32; model.output_len(batch)?];
-                let mut failed = None;
-                let secs = best_seconds(
-                    || {
-                        if let Err(e) = model.run_into(&x, batch, &mut out) {
-                            failed = Some(e);
-                        }
-                    },
-                    args.reps,
-                    Duration::from_millis(200),
-                );
-                if let Some(e) = failed {
-                    return Err(e).context(cfg.name);
-                }
+            for &batch in &batches {
+                let x = input(&net, batch, 11);
+                let int8 = time_int8(&model, &x, batch, args.reps).context(cfg.name)?;
+                let cpu = (threads == 1).then(|| cpu_int8(&model, &x, batch, int8, args.reps));
+                let fp32 = if args.no_float {
+                    None
+                } else {
+                    let xt = tensor(&net, batch, 11)?;
+                    Some(time_fp32(&fused, &xt, threads, args.reps).context(cfg.name)?)
+                };
+                let macs = per_image * batch as f64;
+                let int8_gmacs = macs / int8 / 1e9;
                 emit(&[
                     ("bench", json!("model")),
                     ("threads", json!(threads)),
@@ -296,18 +239,30 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     ("isa", json!(isa.to_string())),
                     ("model", json!(cfg.name)),
                     ("weights", json!("random")),
-                    ("c", json!(cfg.in_channels)),
-                    ("h", json!(cfg.input)),
-                    ("w", json!(cfg.input)),
-                    ("width", json!(cfg.width)),
+                    (
+                        "int8_from",
+                        json!("convert(prepare_qat(default_qat), calibrated)"),
+                    ),
+                    ("c", json!(net.in_channels)),
+                    ("h", json!(net.input_size)),
+                    ("w", json!(net.input_size)),
+                    ("width", json!(net.width_mult)),
                     ("batch", json!(batch)),
                     ("macs_per_image", json!(per_image)),
+                    ("ms", json!(int8 * 1e3)),
+                    ("ms_per_image", json!(int8 * 1e3 / batch as f64)),
+                    ("cpu_ms", json!(cpu.map(|c| c * 1e3))),
+                    ("gmacs", json!(round(int8_gmacs, 1))),
                     (
-                        "gmacs",
-                        json!(((per_image * batch) as f64 / secs / 1e9 * 10.0).round() / 10.0),
+                        "peak_pct",
+                        json!(round(
+                            100.0 * int8_gmacs / args.peak_gmacs / threads as f64,
+                            1
+                        )),
                     ),
-                    ("ms", json!(secs * 1e3)),
-                    ("ms_per_image", json!(secs * 1e3 / batch as f64)),
+                    ("fp32_ms", json!(fp32.map(|s| s * 1e3))),
+                    ("fp32_gmacs", json!(fp32.map(|s| round(macs / s / 1e9, 1)))),
+                    ("int8_speedup", json!(fp32.map(|s| round(s / int8, 2)))),
                 ]);
             }
         }

@@ -10,10 +10,14 @@
 //! # Ok::<(), qat_data::DataError>(())
 //! ```
 
+mod augment;
 mod dataset;
 mod error;
 mod idx;
+mod loader;
 
+pub use augment::{Augment, Normalize, Transform};
 pub use dataset::{from_idx, load, search_path, Dataset, Split};
 pub use error::{DataError, Result};
 pub use idx::{parse_idx, read_maybe_gz, IdxArray};
+pub use loader::{Batch, Batches, Loader, LoaderConfig};

@@ -18,6 +18,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod pipeline;
+
 use qat_graph::{BnCfg, Conv2dCfg, Graph, LinearCfg, NodeId, Result};
 
 /// The activation after each expansion / depthwise conv.

@@ -1,0 +1,99 @@
+//! The environment a run reports: CPU, active int8 ISA, threads, versions, start time.
+
+use serde::{Deserialize, Serialize};
+
+/// Where and with what a run ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    /// `model name` from `/proc/cpuinfo` (or `unknown`).
+    pub cpu: String,
+    /// Logical CPUs the OS reports.
+    pub cpus: usize,
+    /// The int8 kernel ISA `qat_kernels::isa::active()` picks (after `QAT_KERNELS_ISA`).
+    pub isa: String,
+    /// Threads of the run (candle's rayon pool and the int8 runtime).
+    pub threads: usize,
+    pub os: String,
+    pub arch: String,
+    /// `mobilenet-v2` crate version.
+    pub crate_version: String,
+    /// The candle version the workspace pins.
+    pub candle_version: String,
+    /// Whether this binary was built with optimizations.
+    pub optimized: bool,
+}
+
+/// The workspace pins candle with `=0.11.1`.
+const CANDLE_VERSION: &str = "0.11.1";
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Environment {
+    /// The current process's environment.
+    pub fn detect(threads: usize) -> Self {
+        Environment {
+            cpu: cpu_model(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            isa: qat_kernels::isa::active().to_string(),
+            threads,
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            crate_version: env!("CARGO_PKG_VERSION").into(),
+            candle_version: CANDLE_VERSION.into(),
+            optimized: !cfg!(debug_assertions),
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH-MM-SSZ` (file-name safe) for a UNIX time in seconds.
+pub fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}-{:02}-{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// [`utc_stamp`] of now.
+pub fn now_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc_stamp(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_stamp;
+
+    #[test]
+    fn utc_stamps_match_known_dates() {
+        assert_eq!(utc_stamp(0), "1970-01-01T00-00-00Z");
+        // `date -u -d @951782400` (a leap day) and `@1795734245`.
+        assert_eq!(utc_stamp(951_782_400), "2000-02-29T00-00-00Z");
+        assert_eq!(utc_stamp(1_795_734_245), "2026-11-26T23-04-05Z");
+    }
+}

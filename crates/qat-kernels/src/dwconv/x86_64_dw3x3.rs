@@ -219,7 +219,8 @@ unsafe fn fill_row(
     let last = (pad + w).min(wp);
     dst[..first * CB].fill(zp);
     dst[last * CB..].fill(zp);
-    let base = input.as_ptr().add(src);
+    // SAFETY: `src` is an offset inside `input` (caller).
+    let base = unsafe { input.as_ptr().add(src) };
     for j in first..last {
         // SAFETY: pixel `j - pad < w` of the row (caller), masked to the valid channels; the
         // store writes 64 bytes at position `j < wp` of `dst`.

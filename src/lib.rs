@@ -15,6 +15,41 @@
 //! * [`data`] (`qat-data`): MNIST / Fashion-MNIST loading with checksums.
 //!
 //! Most users want the [`prelude`].
+//!
+//! # The flow
+//!
+//! Build a float graph, fuse and prepare it for QAT (no manual surgery), train with fake
+//! quantization, freeze, convert to int8, run. `examples/qat_flow.rs` is the same flow with a
+//! learnable toy task; the MobileNetV2 main job is `-p mobilenet-v2 --example
+//! qat_fashion_mnist`.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_qat::graph::{BnCfg, Conv2dCfg};
+//! use candle_qat::prelude::*;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut g = Graph::new();
+//! let x = g.input("x", [1, 8, 8])?;
+//! let x = g.conv2d("conv", x, Conv2dCfg::new(1, 4, 3).padding(1).bias(false))?;
+//! let x = g.batch_norm2d("bn", x, BnCfg::new(4))?;
+//! g.relu6("act", x)?;
+//!
+//! let qat = prepare_qat(&fuse(&g)?, &QConfig::default_qat())?;
+//! let mut opt = Sgd::new(qat.trainable(), SgdConfig { lr: 0.01, ..SgdConfig::default() })?;
+//! let images = Tensor::randn(0f32, 1.0, (8, 1, 8, 8), &Device::Cpu)?;
+//! for _ in 0..3 {
+//!     let loss = qat.forward_t(&images, true)?.sqr()?.mean_all()?; // your loss here
+//!     opt.backward_step(&loss)?;
+//! }
+//! qat.freeze_bn_stats();
+//! qat.enable_observers(false);
+//!
+//! let int8 = convert(&qat)?; // BN folded, weights quantized and packed for this CPU
+//! let y = int8.run_tensor(&images)?; // f32 in, f32 out, int8 inside
+//! assert_eq!(y.dims(), &[8, 4, 8, 8]);
+//! assert_eq!(y.dtype(), DType::F32);
+//! # Ok(()) }
+//! ```
 
 pub use qat_core as core;
 pub use qat_data as data;

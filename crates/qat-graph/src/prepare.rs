@@ -5,7 +5,9 @@
 //! produces new qparams (conv, linear, BN, Add, Concat, Hardswish, the model input, every
 //! fused op) gets `<node>.activation_post_process` on its output, while ops that keep their
 //! input's qparams (ReLU, pools, Flatten, Dropout, Identity) get none (PyTorch's eager
-//! rules: an Add's two inputs are requantized to its one output fake-quant). A float node
+//! rules: an Add's two inputs are requantized to its one output fake-quant). Unlike
+//! PyTorch, a quantized average pool's mean is rounded back onto its input's grid (its
+//! input's fake-quant, without observing), because that is what the int8 pool computes. A float node
 //! (qconfig `None`) whose output feeds a quantized node gets a quant stub on those edges;
 //! a quantized value entering a float node is dequantized (the identity in simulation).
 //!

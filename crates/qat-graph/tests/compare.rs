@@ -44,18 +44,20 @@ fn fake_quant_meets_the_goals_layer_by_layer_and_drifts_end_to_end() {
         // Each layer's own simulation error (its node run on the int8 model's values of its
         // inputs) meets DESIGN.md's goal: ≥ 99% equal, never more than one step off.
         assert!(r.all_local_within(0.99, 1), "seed {seed}: {r}");
-        // Top-1: measured 64/64, 64/64, 63/64 (the one flip: nearly tied logits of a toy
-        // net, moved by the end-to-end drift below).
+        // Top-1: measured 64/64 on all three seeds.
         assert!(r.top1_agreement >= 0.95, "{r}");
-        // End to end, the one-step differences propagate: measured 99.3-99.9% equal on the
-        // convs, ≈ 99% on the pool, up to 2 steps, and only 69-85% on the classifier's
-        // logits (whose step is small next to what a one-step change of a pooled feature
-        // moves). The float simulation cannot do better by construction; the integer-exact
-        // mode (next test) is identical. These bounds record the measurement so that a
-        // regression in convert / the kernels shows up.
-        assert!(r.all_within(0.0, 2), "seed {seed}: {r}");
-        for l in r.layers.iter().filter(|l| l.name != "classifier") {
-            assert!(l.end_to_end.equal_fraction >= 0.98, "seed {seed}: {r}");
+        // End to end, the one-step differences propagate: measured 99.5-99.98% equal on the
+        // convs and the add, up to 3 steps where two differences meet, 98.9-99.6% on the
+        // pool and 96.5-98.8% on the classifier's logits (whose step is small next to what
+        // a one-step change of a pooled feature moves). The float simulation cannot do
+        // better by construction; the integer-exact mode (next test) is identical. These
+        // bounds record the measurement so that a regression in convert / the kernels, or
+        // in the simulation's rounding of pooled means, shows up (without that rounding the
+        // classifier was only 69-85% equal).
+        assert!(r.all_within(0.0, 3), "seed {seed}: {r}");
+        for l in &r.layers {
+            let min = if l.name == "classifier" { 0.95 } else { 0.985 };
+            assert!(l.end_to_end.equal_fraction >= min, "seed {seed}: {r}");
         }
         // The comparison is not vacuous: the layers do vary and the model is trained.
         let (x, y) = batch(77, 64);

@@ -224,7 +224,11 @@ fn qat_eval_equals_hand_composition() {
     let c = conv_bn_eval(&q, &vars, "features.2.0", "features.2.1", &b, 1, 0);
     let c = fq_act(&q, "features.2.0.activation_post_process", &c);
     let s = fq_act(&q, "add.activation_post_process", &(c + &a).unwrap());
-    let p = s.mean_keepdim((2, 3)).unwrap().flatten_from(1).unwrap();
+    // The pooled mean is rounded back onto the add's grid, as the int8 pool does.
+    let p = s.mean_keepdim((2, 3)).unwrap();
+    let p = fq_act(&q, "add.activation_post_process", &p)
+        .flatten_from(1)
+        .unwrap();
     let w = fq_weight(
         &q,
         "classifier.weight_fake_quant",

@@ -54,6 +54,26 @@ impl FqModule {
         r.map_err(|e| GraphError::node(&self.name, e.to_string()))
     }
 
+    /// Fake-quantize `x` with the module's current qparams, observing nothing: for a value
+    /// that keeps its producer's qparams but is recomputed (an average pool's mean), which
+    /// the int8 model rounds back onto that grid. The identity while fake quantization is
+    /// off. Per-tensor modules only (activations).
+    pub fn fake_quantize_frozen(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.fake_quant_enabled()? {
+            return Ok(x.clone());
+        }
+        let (scale, zp) = self.qparams()?;
+        let (lo, hi) = self.spec.dtype.range();
+        match (scale.as_slice(), zp.as_slice()) {
+            ([s], [z]) => qat_fakequant::fake_quantize_per_tensor(x, *s, *z, lo, hi)
+                .map_err(|e| GraphError::node(&self.name, e.to_string())),
+            _ => Err(GraphError::node(
+                &self.name,
+                "a per-channel fake-quant cannot round a pooled value",
+            )),
+        }
+    }
+
     /// Switch the observer (a learnable module: static estimation) on or off.
     pub fn enable_observer(&self, on: bool) {
         match &self.inner {

@@ -446,6 +446,18 @@ impl QatGraph {
     /// that are on update in train and eval mode alike (PyTorch's behaviour; switch them off
     /// with [`QatGraph::enable_observers`] to evaluate without changing qparams).
     pub fn forward_all(&self, xs: &[&Tensor], train: bool) -> Result<Vec<Tensor>> {
+        self.forward_core(xs, train, None)
+    }
+
+    /// The forward behind [`QatGraph::forward_all`] and
+    /// [`QatGraph::forward_traced`]: with `trace`, every node's value is recorded there
+    /// (`(name, value)`, plus `<name>.quant` for a quant stub's fake-quantized value).
+    pub(crate) fn forward_core(
+        &self,
+        xs: &[&Tensor],
+        train: bool,
+        mut trace: Option<&mut Vec<(String, Tensor)>>,
+    ) -> Result<Vec<Tensor>> {
         let g = self.graph();
         let inputs = g.inputs();
         if xs.len() != inputs.len() {
@@ -497,14 +509,34 @@ impl QatGraph {
                     e => e,
                 })?
             };
-            match &q.output_fq {
-                Some(fq) if q.is_quant_stub => {
-                    stub_vals[i] = Some(fq.forward(&y)?);
-                    vals[i] = Some(y);
+            // The int8 pool rounds its mean back onto the input's grid; the simulation
+            // does the same (PyTorch's QAT graph leaves the mean unrounded, and its int8
+            // model then disagrees with it on every half-step tie and more).
+            let y = match (&node.op, &q.config) {
+                (Op::GlobalAvgPool | Op::AvgPool2d(_), Some(_)) => {
+                    match self.value_fq(node.inputs[0]) {
+                        Some(fq) => fq.fake_quantize_frozen(&y)?,
+                        None => y,
+                    }
                 }
-                Some(fq) => vals[i] = Some(fq.forward(&y)?),
-                None => vals[i] = Some(y),
+                _ => y,
+            };
+            let (v, stub) = match &q.output_fq {
+                Some(fq) if q.is_quant_stub => {
+                    let s = fq.forward(&y)?;
+                    (y, Some(s))
+                }
+                Some(fq) => (fq.forward(&y)?, None),
+                None => (y, None),
+            };
+            if let Some(t) = trace.as_deref_mut() {
+                t.push((node.name.clone(), v.clone()));
+                if let Some(s) = &stub {
+                    t.push((format!("{}.quant", node.name), s.clone()));
+                }
             }
+            vals[i] = Some(v);
+            stub_vals[i] = stub;
             for j in &node.inputs {
                 if self.last_use[j.0] == i {
                     vals[j.0] = None;
@@ -516,6 +548,24 @@ impl QatGraph {
             .iter()
             .map(|o| vals[o.0].clone().expect("outputs are kept"))
             .collect())
+    }
+
+    /// The fake-quant that sets the qparams of node `id`'s value: its own output
+    /// fake-quant, or (ops that keep their input's qparams) its input's.
+    fn value_fq(&self, id: NodeId) -> Option<&FqModule> {
+        let g = self.graph();
+        let mut cur = id;
+        loop {
+            let q = &self.nodes[cur.0];
+            if let Some(fq) = &q.output_fq {
+                return Some(fq);
+            }
+            let node = g.node(cur);
+            if observes_output(&node.op) || node.inputs.is_empty() {
+                return None;
+            }
+            cur = node.inputs[0];
+        }
     }
 
     /// A quantized conv / linear node: weight fake-quant inside, BN folded PyTorch's way.

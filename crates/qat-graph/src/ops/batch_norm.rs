@@ -25,6 +25,21 @@ pub struct BatchNormTrainOutput {
     pub var_unbiased: Tensor,
 }
 
+impl BatchNormTrainOutput {
+    /// `y` with the batch statistics its forward computed (`var` biased, over `d.count()`
+    /// values per channel; the unbiased one is derived here).
+    pub(super) fn from_stats(y: Tensor, mean: &[f32], var: &[f32], d: Dims) -> Result<Self> {
+        let m = d.count() as f32;
+        let unbiased: Vec<f32> = var.iter().map(|v| v * m / (m - 1.0)).collect();
+        Ok(BatchNormTrainOutput {
+            y,
+            mean: Tensor::from_slice(mean, d.c, &Device::Cpu)?,
+            var: Tensor::from_slice(var, d.c, &Device::Cpu)?,
+            var_unbiased: Tensor::from_vec(unbiased, d.c, &Device::Cpu)?,
+        })
+    }
+}
+
 /// Per-channel statistics saved by the forward for the backward.
 #[derive(Debug, Default)]
 struct Stats {
@@ -526,14 +541,7 @@ fn bn_train(
     let st = stats
         .lock()
         .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-    let m = d.count() as f32;
-    let unbiased: Vec<f32> = st.var.iter().map(|v| v * m / (m - 1.0)).collect();
-    Ok(BatchNormTrainOutput {
-        y,
-        mean: Tensor::from_slice(&st.mean, d.c, &Device::Cpu)?,
-        var: Tensor::from_slice(&st.var, d.c, &Device::Cpu)?,
-        var_unbiased: Tensor::from_vec(unbiased, d.c, &Device::Cpu)?,
-    })
+    BatchNormTrainOutput::from_stats(y, &st.mean, &st.var, d)
 }
 
 /// [`batch_norm_train`] as a composition of candle ops (the reference for tests and benches).

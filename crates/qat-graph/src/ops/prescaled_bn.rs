@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::batch_norm::{affine, check, dx_kernel, grad_sums, sq_dev, BatchNormTrainOutput, Dims};
@@ -287,14 +287,7 @@ pub fn batch_norm_train_prescaled(
     let st = stats
         .lock()
         .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-    let m = d.count() as f32;
-    let unbiased: Vec<f32> = st.var.iter().map(|v| v * m / (m - 1.0)).collect();
-    Ok(BatchNormTrainOutput {
-        y,
-        mean: Tensor::from_slice(&st.mean, d.c, &Device::Cpu)?,
-        var: Tensor::from_slice(&st.var, d.c, &Device::Cpu)?,
-        var_unbiased: Tensor::from_vec(unbiased, d.c, &Device::Cpu)?,
-    })
+    BatchNormTrainOutput::from_stats(y, &st.mean, &st.var, d)
 }
 
 /// [`batch_norm_train_prescaled`] as candle ops (the reference for tests):

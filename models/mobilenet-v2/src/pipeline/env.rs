@@ -55,6 +55,19 @@ impl Environment {
     }
 }
 
+/// CPU time (user + system) this process has used, in seconds, from `/proc/self/stat`; `None`
+/// where that file does not exist. Unlike wall time it does not grow when other processes
+/// share the cores.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux ABI Rust supports.
+    Some(ticks / 100.0)
+}
+
 /// `YYYY-MM-DDTHH-MM-SSZ` (file-name safe) for a UNIX time in seconds.
 pub fn utc_stamp(secs: u64) -> String {
     let days = (secs / 86_400) as i64;

@@ -44,7 +44,7 @@ use qat_data::{load, Augment, Dataset, Loader, LoaderConfig, Split};
 
 pub use checkpoint::{load_fp32, load_qat, save_fp32, save_qat, FP32, INT8, QAT};
 pub use config::{ptq_qconfig, PipelineConfig, QConfigPreset};
-pub use env::{now_stamp, utc_stamp, Environment};
+pub use env::{cpu_seconds, now_stamp, utc_stamp, Environment};
 pub use error::{PipelineError, Result};
 pub use eval::{agreement, evaluate, EvalResult};
 pub use histogram::{histogram, RangeHistogram};
@@ -217,10 +217,14 @@ fn stages(mut m: Metrics, data: &Data, dir: &Path) -> Result<Metrics> {
         m.fp32 = Some(Fp32Metrics {
             curve,
             test,
-            latency: latency_of(&cfg, &data.test, &|x| {
-                module.forward_t(x, false)?;
-                Ok(())
-            })?,
+            latency: {
+                // What a float deployment would run: the fused graph in eval mode.
+                let fused = module.fused()?;
+                latency_of(&cfg, &data.test, &|x| {
+                    fused.forward_t(x, false)?;
+                    Ok(())
+                })?
+            },
             checkpoint_bytes: std::fs::metadata(&path).map_err(error::io(&path))?.len(),
         });
         m.write_reports(dir)?;

@@ -249,8 +249,8 @@ impl Metrics {
             );
         }
         let _ = writeln!(s, "\n## Per epoch\n");
-        let _ = writeln!(s, "| stage | epoch | train loss | train acc % | test loss | test acc % | lr (last) | images/s | s |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "| stage | epoch | train loss | train acc % | test loss | test acc % | lr (last) | images/s | s | CPU s (training) |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let stages = [
             ("fp32", self.fp32.as_ref().map(|f| &f.curve)),
             ("QAT", self.qat.as_ref().map(|q| &q.curve)),
@@ -259,7 +259,7 @@ impl Metrics {
             for e in curve.iter().flat_map(|c| c.epochs.iter()) {
                 let _ = writeln!(
                     s,
-                    "| {name} | {} | {:.4} | {:.2} | {:.4} | {:.2} | {:.5} | {:.1} | {:.0} |",
+                    "| {name} | {} | {:.4} | {:.2} | {:.4} | {:.2} | {:.5} | {:.1} | {:.0} | {} |",
                     e.epoch,
                     e.train_loss,
                     100.0 * e.train_accuracy,
@@ -267,7 +267,8 @@ impl Metrics {
                     100.0 * e.test.accuracy,
                     e.lr,
                     e.images_per_s,
-                    e.seconds
+                    e.seconds,
+                    e.cpu_seconds.map_or("–".into(), |c| format!("{c:.0}"))
                 );
             }
         }

@@ -10,6 +10,7 @@ use qat_data::Loader;
 use qat_graph::{CosineWarmup, GraphModule, ParamKind, QatGraph, Sgd, SgdConfig};
 use serde::{Deserialize, Serialize};
 
+use super::env::cpu_seconds;
 use super::error::{PipelineError, Result};
 use super::eval::{argmax, to_tensors, EvalResult};
 
@@ -53,6 +54,9 @@ pub struct EpochRecord {
     pub lr: f64,
     pub images_per_s: f64,
     pub seconds: f64,
+    /// Process CPU seconds of the epoch's training steps (all threads; `None` off Linux):
+    /// the figure that does not depend on what else the machine runs.
+    pub cpu_seconds: Option<f64>,
 }
 
 /// A whole training stage.
@@ -113,6 +117,7 @@ pub fn train(
     let start = Instant::now();
     for epoch in 0..spec.epochs {
         let t0 = Instant::now();
+        let cpu0 = cpu_seconds();
         let pb = bar(
             steps,
             format!("{} {}/{}", spec.label, epoch + 1, spec.epochs),
@@ -156,6 +161,7 @@ pub fn train(
             pb.inc(1);
         }
         let train_secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| b - a);
         pb.set_message(format!(
             "loss {:.3} acc {:5.1}% — evaluating",
             loss_sum / seen as f64,
@@ -177,6 +183,7 @@ pub fn train(
             lr,
             images_per_s: seen as f64 / train_secs,
             seconds: t0.elapsed().as_secs_f64(),
+            cpu_seconds: cpu,
         });
     }
     curve.seconds = start.elapsed().as_secs_f64();

@@ -146,14 +146,14 @@ impl Metrics {
         if let Some(p) = &self.ptq {
             let d = pts(p.int8.accuracy);
             g.push(format!(
-                "PTQ int8 is {d:.2} points below fp32 (goal: within 1 point — {})",
+                "PTQ int8: fp32 − PTQ int8 = {d:.2} points (goal: ≤ 1 point — {})",
                 verdict(d <= 1.0)
             ));
         }
         if let Some(i) = &self.int8 {
             let d = pts(i.test.accuracy);
             g.push(format!(
-                "QAT int8 is {d:.2} points below fp32 (goal: within 0.3 points — {})",
+                "QAT int8: fp32 − QAT int8 = {d:.2} points (goal: ≤ 0.3 points — {})",
                 verdict(d <= 0.3)
             ));
             g.push(format!(

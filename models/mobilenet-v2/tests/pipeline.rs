@@ -222,6 +222,11 @@ fn pipeline_end_to_end_writes_reports_and_resumes() {
         "agreement {}",
         i8m.top1_agreement
     );
+    // The integer-exact evaluation (candle, no SIMD kernel) predicts exactly what the
+    // int8 model does on every image.
+    let ie = i8m.integer_exact.as_ref().unwrap();
+    assert_eq!(ie.predictions, i8m.test.predictions);
+    assert_eq!(i8m.integer_exact_agreement, Some(1.0));
     assert_eq!(i8m.compare.samples, 100);
     assert!(
         i8m.compare.all_local_within(0.99, 1),

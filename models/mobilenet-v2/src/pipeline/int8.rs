@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use qat_data::Loader;
 use qat_graph::compare::{compare_batches, CompareReport};
+use qat_graph::qat::IntExactPlan;
 use qat_graph::{convert_with, QatGraph, RunTensor};
 use qat_runtime::{ModelOptions, QuantizedModel};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,14 @@ pub struct Int8Metrics {
     pub fake_quant: EvalResult,
     /// Share of test images where int8 and fake-quant predict the same class.
     pub top1_agreement: f64,
+    /// The QAT graph's integer-exact evaluation (the int8 arithmetic simulated in candle,
+    /// independent of the SIMD kernels) on the same images.
+    #[serde(default)]
+    pub integer_exact: Option<EvalResult>,
+    /// Share of test images where int8 and the integer-exact evaluation agree (1.0 unless
+    /// the kernels or `convert` are wrong).
+    #[serde(default)]
+    pub integer_exact_agreement: Option<f64>,
     /// Per-layer fake-quant ⇄ int8 agreement on the first test images.
     pub compare: CompareReport,
     /// `run` latency of the int8 model (the run's threads).
@@ -69,6 +78,9 @@ pub fn run_int8(
     let int8 = evaluate_int8(&model, test)?;
     let fake_quant = eval_frozen(q, test)?;
     let top1_agreement = agreement(&int8, &fake_quant);
+    let plan = IntExactPlan::from_model(&model);
+    let integer_exact = evaluate(test, |x| Ok(plan.forward_shaped(q, x)?))?;
+    let integer_exact_agreement = Some(agreement(&int8, &integer_exact));
     let (rows, cols) = (test.dataset().rows, test.dataset().cols);
     let mut batches = Vec::new();
     let mut n = 0;
@@ -91,6 +103,8 @@ pub fn run_int8(
         test: int8,
         fake_quant,
         top1_agreement,
+        integer_exact: Some(integer_exact),
+        integer_exact_agreement,
         compare,
         latency,
         model_bytes,

@@ -162,6 +162,15 @@ impl Metrics {
                 i.test.images,
                 verdict(i.top1_agreement >= 0.998)
             ));
+            if let Some(a) = i.integer_exact_agreement {
+                g.push(format!(
+                    "integer-exact ⇄ int8 top-1 agreement {:.2}% on {} test images (the QAT \
+                     graph's integer-exact evaluation; must be 100%: {})",
+                    100.0 * a,
+                    i.test.images,
+                    verdict(a == 1.0)
+                ));
+            }
             if let Some(w) = i.compare.worst_layer() {
                 g.push(format!(
                     "per layer ({} images): worst end-to-end layer {} with {:.2}% of elements \

@@ -64,10 +64,10 @@ pub mod prelude {
     pub use qat_core::{
         choose_qparams, dequantize, quantize, QDType, QParams, QScheme, TensorQParams,
     };
+    pub use qat_graph::{convert, convert_with, RunTensor};
     pub use qat_graph::{
         fuse, prepare, prepare_qat, prepare_qat_module, CosineWarmup, Graph, GraphModule, QConfig,
         QatGraph, Sgd, SgdConfig,
     };
-    pub use qat_graph::{convert, convert_with, RunTensor};
     pub use qat_runtime::{ModelBuilder, QuantizedModel};
 }

@@ -5,8 +5,8 @@
 pub mod fold;
 pub mod fq;
 mod graph;
-mod traced;
 pub mod int_exact;
+mod traced;
 
 pub use fold::{batch_norm, folded_bn_forward, BnStats, BnVars};
 pub use fq::FqModule;

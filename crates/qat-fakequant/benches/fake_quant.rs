@@ -11,16 +11,12 @@ const DIMS: [usize; 4] = [32, 96, 28, 28];
 
 fn input() -> Tensor {
     let n: usize = DIMS.iter().product();
-    let mut s = 42u64;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-        })
-        .collect();
-    Tensor::from_vec(v, &DIMS[..], &Device::Cpu).unwrap()
+    Tensor::from_vec(
+        qat_testutil::lcg_values(n, 42, 6.0),
+        &DIMS[..],
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn bench(c: &mut Criterion) {

@@ -209,6 +209,20 @@ pub fn case_name(case: &Value) -> &str {
         .unwrap_or("<unnamed>")
 }
 
+/// `n` deterministic pseudo-random values uniform in `[-amp/2, amp/2)` (a 64-bit LCG seeded
+/// with `seed`): bench and test inputs that are the same on every machine and run.
+pub fn lcg_values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * amp
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

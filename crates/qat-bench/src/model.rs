@@ -55,6 +55,13 @@ pub struct Args {
     /// Print the int8 model summary (`inspect`) to stderr.
     #[arg(long)]
     inspect: bool,
+    /// Also time every op of the int8 model (best of `--per-op-reps` calls each): one
+    /// `model_op` line per op, then one `model_op_kind` line per kernel kind.
+    #[arg(long)]
+    per_op: bool,
+    /// Calls the per-op figures take their best from.
+    #[arg(long, default_value_t = 20)]
+    per_op_reps: usize,
 }
 
 /// One benchmarked configuration.
@@ -183,6 +190,64 @@ fn time_fp32(m: &GraphModule, x: &Tensor, threads: usize, reps: usize) -> anyhow
     }
 }
 
+/// One `model_op` line per op and one `model_op_kind` line per kernel, with the op's share of
+/// the summed per-op time and its GMAC/s against `--peak-gmacs`.
+fn per_op(
+    m: &QuantizedModel,
+    x: &[f32],
+    batch: usize,
+    threads: usize,
+    model: &str,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let ops = m.profile(x, batch, args.per_op_reps)?;
+    let total: f64 = ops.iter().map(|o| o.seconds).sum();
+    let gmacs = |macs: u64, s: f64| macs as f64 / s / 1e9;
+    let line = |bench: &str, name: &str, kernel: &str, n: usize, s: f64, macs: u64| {
+        emit(&[
+            ("bench", json!(bench)),
+            ("threads", json!(threads)),
+            ("model", json!(model)),
+            ("batch", json!(batch)),
+            ("op", json!(name)),
+            ("kernel", json!(kernel)),
+            ("ops", json!(n)),
+            ("ms", json!(round(s * 1e3, 4))),
+            ("pct", json!(round(100.0 * s / total, 1))),
+            ("macs", json!(macs)),
+            ("gmacs", json!(round(gmacs(macs, s), 1))),
+            (
+                "peak_pct",
+                json!(round(
+                    100.0 * gmacs(macs, s) / args.peak_gmacs / threads as f64,
+                    1
+                )),
+            ),
+        ]);
+    };
+    for o in &ops {
+        line("model_op", &o.name, &o.kernel, 1, o.seconds, o.macs);
+    }
+    // Per (op kind, kernel), slowest first.
+    let mut kinds: Vec<(String, usize, f64, u64)> = Vec::new();
+    for o in &ops {
+        let key = format!("{}:{}", o.kind, o.kernel);
+        match kinds.iter_mut().find(|k| k.0 == key) {
+            Some(k) => {
+                k.1 += 1;
+                k.2 += o.seconds;
+                k.3 += o.macs;
+            }
+            None => kinds.push((key, 1, o.seconds, o.macs)),
+        }
+    }
+    kinds.sort_by(|a, b| b.2.total_cmp(&a.2));
+    for (key, n, s, macs) in kinds {
+        line("model_op_kind", &key, "", n, s, macs);
+    }
+    Ok(())
+}
+
 fn round(v: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (v * p).round() / p
@@ -230,6 +295,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     let xt = tensor(&net, batch, 11)?;
                     Some(time_fp32(&fused, &xt, threads, args.reps).context(cfg.name)?)
                 };
+                if args.per_op {
+                    per_op(&model, &x, batch, threads, cfg.name, args)?;
+                }
                 let macs = per_image * batch as f64;
                 let int8_gmacs = macs / int8 / 1e9;
                 emit(&[

@@ -255,6 +255,27 @@ fn every_isa_equals_scalar_on_extreme_values() {
     check_isas(&cases);
 }
 
+/// Requantization multipliers so large that `f32(acc) · m` leaves the i32 range in both
+/// directions (output scale 1e-9): every output must still saturate to exactly `qmin` /
+/// `qmax`, on every kernel (the AVX-512 ones clamp the low side after saturating packs).
+#[test]
+fn every_isa_equals_scalar_on_huge_multipliers() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let cases: Vec<Case> = (0..60)
+        .map(|i| {
+            let fill = if i % 2 == 0 {
+                Fill::Random
+            } else {
+                Fill::Extreme
+            };
+            let mut case = random_case(&mut rng, fill);
+            case.output_q.scale = 1e-9;
+            case
+        })
+        .collect();
+    check_isas(&cases);
+}
+
 #[test]
 fn every_isa_equals_scalar_on_tiny_and_odd_inputs() {
     let mut rng = StdRng::seed_from_u64(4);

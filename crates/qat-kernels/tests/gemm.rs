@@ -147,6 +147,30 @@ fn every_epilogue() {
     }
 }
 
+/// Multipliers so large that `f32(acc) · m` leaves the i32 range (even reaches ±∞) in both
+/// directions: the float upper clamp and the saturating narrowing must still give exactly
+/// `qmin` / `qmax`, on every ISA and for every column count (one, two and three vectors).
+#[test]
+fn huge_multipliers_saturate_exactly() {
+    for isa in isas("huge_multipliers_saturate_exactly") {
+        for n in [5, 16, 29, 48, 61] {
+            let base = Problem::random(11, 37, n, 0, 3);
+            for multiplier in [3.0e4f32, 1.0e9, 3.0e38] {
+                for (zp, qmin, qmax) in [(0, 0, 255), (77, 77, 200), (255, 0, 255), (10, 3, 9)] {
+                    let mut p = base.clone();
+                    p.requant = vec![Requant {
+                        multiplier,
+                        zero_point: zp,
+                        qmin,
+                        qmax,
+                    }];
+                    p.check(isa, 1);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn thread_counts_agree() {
     for isa in isas("thread_counts_agree") {

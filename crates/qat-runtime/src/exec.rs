@@ -103,6 +103,9 @@ pub(crate) fn cols_per_sample(k: &Kernel, out_shape: Shape) -> usize {
     }
 }
 
+/// im2col row length multiple (the K group of the widest-grouped x86 kernels).
+const IM2COL_K_ALIGN: usize = 4;
+
 /// Pack `node` for `isa`; `in_ty` / `in_shape` describe its (first) input.
 pub(crate) fn pack(node: &Node, in_ty: ValueType, in_shape: Shape, isa: Isa) -> Result<Kernel> {
     let name = node.name.as_str();
@@ -131,7 +134,19 @@ pub(crate) fn pack(node: &Node, in_ty: ValueType, in_shape: Shape, isa: Isa) -> 
                 )
             } else {
                 let (cg, og, taps) = (ci / g, co / g, geo.taps());
-                let k = taps * cg;
+                let direct = taps == 1
+                    && geo.stride_h == 1
+                    && geo.stride_w == 1
+                    && geo.pad_h == 0
+                    && geo.pad_w == 0;
+                // im2col rows are padded to whole 4-byte groups (zero weights, zero-point
+                // bytes): the GEMM kernels then never take their byte-wise K tail (the stems'
+                // K = 9 or 27).
+                let k = if direct {
+                    taps * cg
+                } else {
+                    (taps * cg).next_multiple_of(IM2COL_K_ALIGN)
+                };
                 let rq = requants(in_q.scale, &p.weight_scales, p.output, p.activation);
                 let mut gemms = Vec::with_capacity(g);
                 for grp in 0..g {
@@ -159,11 +174,6 @@ pub(crate) fn pack(node: &Node, in_ty: ValueType, in_shape: Shape, isa: Isa) -> 
                         .map_err(kernel_err(name))?,
                     );
                 }
-                let direct = taps == 1
-                    && geo.stride_h == 1
-                    && geo.stride_w == 1
-                    && geo.pad_h == 0
-                    && geo.pad_w == 0;
                 Kernel::ConvGemm {
                     gemms,
                     direct,
@@ -287,7 +297,18 @@ pub(crate) fn run_step(cx: StepCtx<'_>, io: Io<'_>) -> Result<()> {
                 } else {
                     let k = gemm.k();
                     let cols = &mut cx.cols[..m * k];
-                    im2col(x, s, grp * cg, cg, geometry, o, *zero_point, cols, threads);
+                    im2col(
+                        x,
+                        s,
+                        grp * cg,
+                        cg,
+                        geometry,
+                        o,
+                        *zero_point,
+                        k,
+                        cols,
+                        threads,
+                    );
                     gemm.gemm_u8(cols, m, k, dst, co, threads)
                         .map_err(kernel_err(name))?;
                 }
@@ -357,8 +378,9 @@ pub(crate) fn run_step(cx: StepCtx<'_>, io: Io<'_>) -> Result<()> {
     }
 }
 
-/// im2col for NHWC u8, one group: one row per output pixel, `[ky][kx][c]` within the row,
-/// padded positions filled with the input zero point (real 0). Written here rather than
+/// im2col for NHWC u8, one group: one row of `ld ≥ taps · cg` bytes per output pixel,
+/// `[ky][kx][c]` within the row, padded positions and the bytes past `taps · cg` filled with
+/// the input zero point (real 0). Written here rather than
 /// through `qat_kernels::conv::Conv2d::run`, which allocates its im2col matrix on every call;
 /// the runtime keeps it in the arena.
 #[allow(clippy::too_many_arguments)]
@@ -370,6 +392,7 @@ fn im2col(
     g: &Conv2dGeometry,
     o: Shape,
     zero_point: u8,
+    ld: usize,
     cols: &mut [u8],
     threads: usize,
 ) {
@@ -378,10 +401,32 @@ fn im2col(
     // contiguous `kernel_w · C` run of the input when it lies inside the row.
     let runs = cg == s.c && g.dilation_w == 1;
     let run = g.kernel_w * cg;
+    let staged_row = (s.w + 2 * g.pad_w) * s.c + STAGE_SLACK;
+    if runs && run <= STAGE_SLACK && g.kernel_h * staged_row <= STAGE_BYTES {
+        // One staging buffer per worker: its padding bytes are written once.
+        let fill = |stage: &mut [u8; STAGE_BYTES], r: usize, dst: &mut [u8]| {
+            stage_rows(x, s, g, r / o.h, r % o.h, staged_row, zero_point, stage);
+            copy_runs(stage, staged_row, g, s.c, run, (k, ld), zero_point, dst);
+        };
+        let row_bytes = o.w * ld;
+        if threads <= 1 {
+            let mut stage = [zero_point; STAGE_BYTES];
+            for (r, dst) in cols.chunks_mut(row_bytes).enumerate() {
+                fill(&mut stage, r, dst);
+            }
+        } else {
+            cols.par_chunks_mut(row_bytes).enumerate().for_each_init(
+                || [zero_point; STAGE_BYTES],
+                |stage, (r, dst)| fill(stage, r, dst),
+            );
+        }
+        return;
+    }
     let fill = |r: usize, dst: &mut [u8]| {
         let (b, oy) = (r / o.h, r % o.h);
         for ox in 0..o.w {
-            let pix = &mut dst[ox * k..(ox + 1) * k];
+            let (pix, tail) = dst[ox * ld..(ox + 1) * ld].split_at_mut(k);
+            tail.fill(zero_point);
             let ix0 = (ox * g.stride_w) as isize - g.pad_w as isize;
             let inside_x = ix0 >= 0 && ix0 as usize + g.kernel_w <= s.w;
             for ky in 0..g.kernel_h {
@@ -405,7 +450,7 @@ fn im2col(
             }
         }
     };
-    let row_bytes = o.w * k;
+    let row_bytes = o.w * ld;
     if threads <= 1 {
         for (r, dst) in cols.chunks_mut(row_bytes).enumerate() {
             fill(r, dst);
@@ -414,6 +459,78 @@ fn im2col(
         cols.par_chunks_mut(row_bytes)
             .enumerate()
             .for_each(|(r, dst)| fill(r, dst));
+    }
+}
+
+/// Bytes of the stack buffer that holds one output row's padded input rows (small-channel
+/// convolutions such as the stems, with 1 to 3 input channels).
+const STAGE_BYTES: usize = 4096;
+/// Zero-point bytes after each staged row, and the longest run copied through the staging:
+/// every run is copied as one 16-byte move.
+const STAGE_SLACK: usize = 16;
+
+/// Copy the `kernel_h` input rows under output row `oy` of image `b` into `stage` (one per
+/// `staged` bytes), each after `pad_w` pixels of left padding. Rows outside the image are
+/// filled with the zero point; the padding bytes around the pixels are never written here,
+/// so they keep the zero point `stage` was created with.
+#[allow(clippy::too_many_arguments)]
+fn stage_rows(
+    x: &[u8],
+    s: Shape,
+    g: &Conv2dGeometry,
+    b: usize,
+    oy: usize,
+    staged: usize,
+    zero_point: u8,
+    stage: &mut [u8],
+) {
+    let row = s.w * s.c;
+    for ky in 0..g.kernel_h {
+        let iy = (oy * g.stride_h + ky * g.dilation_h) as isize - g.pad_h as isize;
+        let dst = ky * staged + g.pad_w * s.c;
+        if iy >= 0 && (iy as usize) < s.h {
+            let src = ((b * s.h + iy as usize) * s.w) * s.c;
+            stage[dst..dst + row].copy_from_slice(&x[src..src + row]);
+        } else {
+            stage[dst..dst + row].fill(zero_point);
+        }
+    }
+}
+
+/// Fill one im2col row (pixels of `ld` bytes, `k` of them data) from staged input rows:
+/// pixel `ox`, kernel row `ky` is the `run` bytes at `ox · stride_w · C` of staged row `ky`.
+/// Each run is written as one 16-byte move whose spill lands in bytes written after it
+/// (pixels in order, kernel rows in order, then the pixel's zero-point tail); only the last
+/// runs, whose spill would leave `dst`, are copied exactly.
+#[allow(clippy::too_many_arguments)]
+fn copy_runs(
+    stage: &[u8],
+    staged: usize,
+    g: &Conv2dGeometry,
+    c: usize,
+    run: usize,
+    (k, ld): (usize, usize),
+    zero_point: u8,
+    dst: &mut [u8],
+) {
+    let ow = dst.len() / ld;
+    let zeros = [zero_point; STAGE_SLACK];
+    // Fixed-size moves compile to one load / store each (no memcpy / memset calls).
+    let put = |dst: &mut [u8], to: usize, src: &[u8; STAGE_SLACK], len: usize| {
+        if to + STAGE_SLACK <= dst.len() {
+            dst[to..to + STAGE_SLACK].copy_from_slice(src);
+        } else {
+            dst[to..to + len].copy_from_slice(&src[..len]);
+        }
+    };
+    for ox in 0..ow {
+        for ky in 0..g.kernel_h {
+            let from = ky * staged + ox * g.stride_w * c;
+            let mut v = [0u8; STAGE_SLACK];
+            v.copy_from_slice(&stage[from..from + STAGE_SLACK]);
+            put(dst, ox * ld + ky * run, &v, run);
+        }
+        put(dst, ox * ld + k, &zeros, ld - k);
     }
 }
 

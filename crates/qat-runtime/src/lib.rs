@@ -50,9 +50,11 @@ mod inspect;
 mod model;
 mod op;
 mod plan;
+mod profile;
 
 pub use builder::{InputSpec, ModelBuilder, MAX_VALUE_ELEMS};
 pub use error::{Result, RuntimeError};
 pub use model::{ModelOptions, QuantizedModel, TracedValue, ValueData};
 pub use op::{Bias, Conv2dParams, LinearParams, Node, Op, Shape, ValueType};
+pub use profile::OpTiming;
 pub use qat_kernels::{Activation, Isa};

@@ -240,10 +240,13 @@ impl QuantizedModel {
                         gemms[0].kernel_name()
                     ),
                     Kernel::Linear(g) => g.kernel_name().to_string(),
-                    Kernel::Quantize(_)
-                    | Kernel::Dequantize(_)
-                    | Kernel::Add(_)
-                    | Kernel::Pool { .. } => format!("elementwise_{ew}"),
+                    Kernel::Add(_) => format!(
+                        "elementwise_{}",
+                        qat_kernels::elementwise::QuantizedAdd::kernel_isa(self.isa)
+                    ),
+                    Kernel::Quantize(_) | Kernel::Dequantize(_) | Kernel::Pool { .. } => {
+                        format!("elementwise_{ew}")
+                    }
                     Kernel::Flatten => "none".into(),
                     _ => "f32_scalar".into(),
                 };
@@ -284,7 +287,7 @@ impl QuantizedModel {
     /// [`QuantizedModel::run`] into a caller's buffer: no allocation after the first call
     /// with this batch size (per concurrent caller).
     pub fn run_into(&self, input: &[f32], batch: usize, out: &mut [f32]) -> Result<()> {
-        self.execute(Entry::F32(input), batch, out, None)
+        self.execute(Entry::F32(input), batch, out, None, None)
     }
 
     /// Run on u8 NHWC `input` (`batch · H · W · C` values, already quantized with the input's
@@ -297,7 +300,7 @@ impl QuantizedModel {
 
     /// [`QuantizedModel::run_u8`] into a caller's buffer.
     pub fn run_u8_into(&self, input: &[u8], batch: usize, out: &mut [f32]) -> Result<()> {
-        self.execute(Entry::U8(input), batch, out, None)
+        self.execute(Entry::U8(input), batch, out, None, None)
     }
 
     /// Run and capture every value (input included) after its op: for per-layer comparisons
@@ -305,8 +308,28 @@ impl QuantizedModel {
     pub fn run_traced(&self, input: &[f32], batch: usize) -> Result<Vec<TracedValue>> {
         let mut out = vec![0f32; self.output_len(batch)?];
         let mut trace = Vec::with_capacity(self.steps.len() + 1);
-        self.execute(Entry::F32(input), batch, &mut out, Some(&mut trace))?;
+        self.execute(Entry::F32(input), batch, &mut out, Some(&mut trace), None)?;
         Ok(trace)
+    }
+
+    /// [`QuantizedModel::run_into`] that also adds each step's wall seconds to `seconds[i]`
+    /// (step `i` = [`QuantizedModel::ops`]`()[i]`; the entry quantize / transpose and the output
+    /// write are not counted). See [`QuantizedModel::profile`].
+    pub(crate) fn run_timed(
+        &self,
+        input: &[f32],
+        batch: usize,
+        out: &mut [f32],
+        seconds: &mut [f64],
+    ) -> Result<()> {
+        if seconds.len() != self.steps.len() {
+            return Err(RuntimeError::Input(format!(
+                "{} step timings requested for {} steps",
+                seconds.len(),
+                self.steps.len()
+            )));
+        }
+        self.execute(Entry::F32(input), batch, out, None, Some(seconds))
     }
 
     fn execute(
@@ -315,6 +338,7 @@ impl QuantizedModel {
         batch: usize,
         out: &mut [f32],
         trace: Option<&mut Vec<TracedValue>>,
+        seconds: Option<&mut [f64]>,
     ) -> Result<()> {
         if batch == 0 {
             return Err(RuntimeError::Input("batch is 0".into()));
@@ -338,8 +362,10 @@ impl QuantizedModel {
         }
         let mut arena = self.take_arena(batch)?;
         let result = match &self.pool {
-            Some(pool) => pool.install(|| self.execute_in(&mut arena, entry, batch, out, trace)),
-            None => self.execute_in(&mut arena, entry, batch, out, trace),
+            Some(pool) => {
+                pool.install(|| self.execute_in(&mut arena, entry, batch, out, trace, seconds))
+            }
+            None => self.execute_in(&mut arena, entry, batch, out, trace, seconds),
         };
         self.give_back(arena);
         result
@@ -379,6 +405,7 @@ impl QuantizedModel {
         batch: usize,
         out: &mut [f32],
         mut trace: Option<&mut Vec<TracedValue>>,
+        mut seconds: Option<&mut [f64]>,
     ) -> Result<()> {
         let threads = self.threads;
         let s = self.spec.input.shape;
@@ -404,6 +431,7 @@ impl QuantizedModel {
             t.push(self.capture(arena, 0, batch));
         }
         for (i, step) in self.steps.iter().enumerate() {
+            let started = seconds.is_some().then(std::time::Instant::now);
             let v = i + 1;
             let node = &self.spec.nodes[i];
             let (ko, so) = self.plan.slot[v];
@@ -469,6 +497,9 @@ impl QuantizedModel {
                         r?;
                     }
                 }
+            }
+            if let (Some(t0), Some(s)) = (started, seconds.as_deref_mut()) {
+                s[i] += t0.elapsed().as_secs_f64();
             }
             if let Some(t) = trace.as_deref_mut() {
                 t.push(self.capture(arena, v, batch));

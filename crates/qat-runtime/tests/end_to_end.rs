@@ -206,6 +206,13 @@ fn general_convolutions_match_reference() {
         (7, 9, 1, 1, 0, 1, 1, 4, 3),    // direct 1×1
         (7, 9, 2, 1, 1, 1, 1, 4, 3),    // even kernel
         (2, 4, 1, 3, 1, 1, 2, 7, 7),    // 1×1 padded, strided, grouped
+        // Few input channels: im2col through staged rows (runs of ≤ 16 bytes).
+        (1, 16, 3, 1, 1, 1, 1, 28, 28), // the 28×28 stem
+        (3, 8, 3, 2, 1, 1, 1, 15, 14),  // the 224 stem's shape, odd sizes
+        (2, 5, 5, 2, 2, 1, 1, 9, 11),   // 10-byte runs, padding 2
+        (1, 4, 3, 1, 0, 1, 1, 6, 5),    // unpadded
+        (1, 3, 7, 1, 3, 1, 1, 5, 5),    // kernel wider than the image
+        (1, 3, 3, 2, 1, 2, 1, 9, 9),    // dilated: the general path
     ];
     for (i, &(ci, co, k, st, p, d, g, h, w)) in cases.iter().enumerate() {
         let mut params = conv(
@@ -225,14 +232,14 @@ fn general_convolutions_match_reference() {
         let mut b = ModelBuilder::new();
         b.input("x", Shape::new(ci, h, w), inq).unwrap();
         b.conv2d("c", "x", params.clone()).unwrap();
-        for isa in Isa::supported() {
+        for (isa, threads) in Isa::supported().into_iter().flat_map(|i| [(i, 1), (i, 2)]) {
             let m = b
                 .clone()
                 .build_with(
                     "c",
                     ModelOptions {
                         isa: Some(isa),
-                        threads: 2,
+                        threads,
                     },
                 )
                 .unwrap();
@@ -241,7 +248,9 @@ fn general_convolutions_match_reference() {
             let want = ref_conv(&xq, &params);
             let got = m.run_traced(&x, 2).unwrap();
             match &got[1].data {
-                ValueData::U8 { data, .. } => assert_eq!(data, &want.data, "case {i} on {isa}"),
+                ValueData::U8 { data, .. } => {
+                    assert_eq!(data, &want.data, "case {i} on {isa}, {threads} threads")
+                }
                 ValueData::F32(_) => panic!("u8 expected"),
             }
         }

@@ -9,10 +9,10 @@
 //! channel order; at stride 1 a second weight set `[0, w0, w1, w2]` makes the same quad serve
 //! the next output pixel too, so a quad is built once per two outputs.
 //!
-//! The requantization is [`requant_avx512`]'s float sequence without the final `+ zp`; the
-//! zero point is added after `vpackssdw` (values are in `[qmin - zp, qmax - zp]` ⊂ ±255, so
-//! the packs are exact), and `vpackuswb` then restores plain channel order because the packs
-//! work per 128-bit lane exactly as the unpacks did.
+//! The requantization is [`requant_avx512`]'s float sequence up to the upper clamp; the zero
+//! point is added after `vpackssdw` and the lower clamp is a byte `max` after `vpackuswb`
+//! (see `store` for why that is exact), and `vpackuswb` restores plain channel order because
+//! the packs work per 128-bit lane exactly as the unpacks did.
 //!
 //! Borders cost nothing in the inner loop: each input row of a channel block is copied once
 //! into a padded row of the scratch (pad positions = input zero point, which the folded bias
@@ -126,12 +126,10 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
     let (ring, zero_row) = scratch.split_at_mut(3 * row_bytes);
     let zp_in = dw.input_zero_point as u8;
     zero_row[..row_bytes].fill(zp_in);
-    let lo = _mm512_set1_ps((dw.qmin - dw.output_zero_point) as f32);
-    let hi = _mm512_set1_ps((dw.qmax - dw.output_zero_point) as f32);
     let ep = Epilogue {
-        lo,
-        hi,
+        hi: _mm512_set1_ps((dw.qmax - dw.output_zero_point) as f32),
         zp: _mm512_set1_epi16(dw.output_zero_point as i16),
+        qmin: _mm512_set1_epi8(dw.qmin as u8 as i8),
     };
     for blk in 0..c.div_ceil(CB) {
         let cb = blk * CB;
@@ -232,9 +230,11 @@ unsafe fn fill_row(
 }
 
 struct Epilogue {
-    lo: __m512,
     hi: __m512,
+    /// The output zero point as i16 lanes.
     zp: __m512i,
+    /// `qmin` in every byte.
+    qmin: __m512i,
 }
 
 /// Per-block constants of a row call.
@@ -295,6 +295,13 @@ unsafe fn wv(wts: *const u8, set: usize, ky: usize, k: usize) -> __m512i {
 
 /// Requantize four permuted accumulators and store the block's channels of one pixel.
 ///
+/// Only `min(f32(acc) · m, hi)` is computed in float; the lower clamp comes after the
+/// saturating packs, as a byte `max` with `qmin`: the same value as [`requant_avx512`](crate::x86_64::requant::requant_avx512)'s
+/// float clamp because `lo` and `hi` are integers (`clamp(round(x), lo, hi) =
+/// max(round(min(x, hi)), lo)`), values at or above `lo` pass the packs unchanged
+/// (`qmin = lo + zp ≥ 0`, `qmax = hi + zp ≤ 255`), and values below `lo` — `i32::MIN` too,
+/// which `vcvtps2dq` gives below -2³¹ — end at or below `qmin` before the `max`.
+///
 /// # Safety
 /// AVX-512F/BW; `dst` is writable for the `mask`ed bytes.
 #[inline]
@@ -302,12 +309,13 @@ unsafe fn wv(wts: *const u8, set: usize, ky: usize, k: usize) -> __m512i {
 unsafe fn store(acc: [__m512i; 4], k: &Consts, dst: *mut u8) {
     let r: [__m512i; 4] = std::array::from_fn(|i| {
         let v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i]), k.mult[i]);
-        _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, k.ep.lo), k.ep.hi))
+        _mm512_cvtps_epi32(_mm512_min_ps(v, k.ep.hi))
     });
-    let w01 = _mm512_add_epi16(_mm512_packs_epi32(r[0], r[1]), k.ep.zp);
-    let w23 = _mm512_add_epi16(_mm512_packs_epi32(r[2], r[3]), k.ep.zp);
+    let w01 = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), k.ep.zp);
+    let w23 = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), k.ep.zp);
+    let b = _mm512_max_epu8(_mm512_packus_epi16(w01, w23), k.ep.qmin);
     // SAFETY: masked store of the valid channels (caller).
-    unsafe { _mm512_mask_storeu_epi8(dst.cast(), k.mask, _mm512_packus_epi16(w01, w23)) };
+    unsafe { _mm512_mask_storeu_epi8(dst.cast(), k.mask, b) };
 }
 
 /// One output row at stride 1: two output pixels per quad (sets A and B).

@@ -56,6 +56,16 @@ impl QuantizedAdd {
         })
     }
 
+    /// The kernel family [`QuantizedAdd::run`] uses for `isa`: the element-wise family
+    /// ([`super::kernel_isa`]), except AVX-512, which has an add kernel of its own (the add is
+    /// instruction-bound, not memory-bound).
+    pub fn kernel_isa(isa: Isa) -> Isa {
+        match isa {
+            Isa::Avx512Vnni => Isa::Avx512Vnni,
+            _ => kernel_isa(isa),
+        }
+    }
+
     /// Add `a` and `b` (same length) into `out`. Returns the kernel family that ran.
     pub fn run(&self, a: &[u8], b: &[u8], out: &mut [u8], isa: Isa, threads: usize) -> Result<Isa> {
         check_isa(isa)?;
@@ -64,7 +74,7 @@ impl QuantizedAdd {
         if a.is_empty() {
             return Err(KernelError::Shape("quantized add of empty tensors".into()));
         }
-        let kernel = kernel_isa(isa);
+        let kernel = Self::kernel_isa(isa);
         let f = |a: &[u8], b: &[u8], out: &mut [u8]| self.run_chunk(a, b, out, kernel);
         if threads <= 1 || out.len() <= CHUNK {
             f(a, b, out);
@@ -82,6 +92,9 @@ impl QuantizedAdd {
             // the AVX2 family implies AVX2; the slices have equal lengths.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { super::x86_64::add_avx2(self, a, b, out) },
+            // SAFETY: `run` checked AVX-512 VNNI (which implies AVX-512F); equal lengths.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { super::x86_64::add_avx512(self, a, b, out) },
             // SAFETY: NEON checked by `run`; equal lengths.
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => unsafe { super::aarch64::add_neon(self, a, b, out) },

@@ -4,8 +4,10 @@
 //! Each op has a scalar reference that calls the normative qat-core formula per element
 //! ([`qat_core::quantized_add`], [`qat_core::global_avg_pool`], [`qat_core::quantize_with_inv`],
 //! [`qat_core::dequantize`]) and SIMD paths that repeat the same IEEE-754 operations lane-wise,
-//! so every path is bit-identical. These ops are memory-bound: 8 lanes already saturate the
-//! load ports, so the AVX-512 ISA runs the AVX2 kernels (reported as [`Isa::Avx2`]).
+//! so every path is bit-identical. Pool, quantize and dequantize are memory-bound: 8 lanes
+//! already saturate the load ports, so the AVX-512 ISA runs their AVX2 kernels (reported as
+//! [`Isa::Avx2`]). The add does enough arithmetic per byte to gain from 16 lanes: it has an
+//! AVX-512 kernel ([`QuantizedAdd::run`] reports [`Isa::Avx512Vnni`]).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;

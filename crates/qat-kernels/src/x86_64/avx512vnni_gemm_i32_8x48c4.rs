@@ -12,10 +12,10 @@
 //!
 //! `vpdpbusd` multiplies u8 (the broadcast activations) by i8 (the weights) and adds groups of
 //! four products into i32 without saturation, so raw activations go in and the packed bias
-//! carries `-zp_a · Σ w`. Tiles narrower than 48 columns (the last panel) run with 1 or 2
+//! (the accumulators' start value) carries `-zp_a · Σ w`. The u8 epilogue requantizes a row's
+//! vectors together and narrows them with saturating packs (see `U8Epilogue`). Tiles narrower than 48 columns (the last panel) run with 1 or 2
 //! vectors; shorter tiles with fewer rows: both are const-generic instances, not masks.
 
-use super::requant::requant_avx512;
 use crate::gemm::kernel::{KernelDesc, Tile};
 use crate::gemm::Out;
 use crate::Isa;
@@ -66,9 +66,11 @@ unsafe fn a_quad(t: &Tile, r: usize, g: usize) -> i32 {
 
 /// # Safety
 /// As [`run`], with `t.m == R` and `t.width == 16 · C`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile<const R: usize, const C: usize>(t: &Tile) {
-    let mut acc = [[_mm512_setzero_si512(); C]; R];
+    // The accumulators start at the packed bias (it covers the panel's whole width).
+    let bias: [__m512i; C] = std::array::from_fn(|c| _mm512_loadu_si512(t.bias.add(16 * c).cast()));
+    let mut acc = [bias; R];
     let groups = t.k.div_ceil(4);
     let full = t.k / 4;
     let mut w = t.w.cast::<__m512i>();
@@ -94,35 +96,98 @@ unsafe fn tile<const R: usize, const C: usize>(t: &Tile) {
         }
     }
 
-    // Epilogue. Lanes past `nc` are masked off on store.
-    let mask: [u16; C] = std::array::from_fn(|c| {
-        let valid = t.nc.saturating_sub(16 * c).min(16);
-        ((1u32 << valid) - 1) as u16
-    });
-    let bias: [__m512i; C] = std::array::from_fn(|c| _mm512_loadu_si512(t.bias.add(16 * c).cast()));
     match t.out {
         Out::I32 { ptr, ldc } => {
+            // Lanes past `nc` are masked off on store.
+            let mask: [u16; C] = std::array::from_fn(|c| {
+                let valid = t.nc.saturating_sub(16 * c).min(16);
+                ((1u32 << valid) - 1) as u16
+            });
             for (r, acc_r) in acc.iter().enumerate() {
                 for c in 0..C {
-                    let v = _mm512_add_epi32(acc_r[c], bias[c]);
-                    _mm512_mask_storeu_epi32(ptr.add(r * ldc + 16 * c).cast(), mask[c], v);
+                    _mm512_mask_storeu_epi32(ptr.add(r * ldc + 16 * c).cast(), mask[c], acc_r[c]);
                 }
             }
         }
         Out::U8 { ptr, ldc } => {
-            let mult: [__m512; C] =
-                std::array::from_fn(|c| _mm512_loadu_ps(t.multiplier.add(16 * c)));
-            let zp: [__m512i; C] =
-                std::array::from_fn(|c| _mm512_loadu_si512(t.zero_point.add(16 * c).cast()));
-            let lo: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(t.lo.add(16 * c)));
-            let hi: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(t.hi.add(16 * c)));
+            let e = U8Epilogue::<C>::new(t);
             for (r, acc_r) in acc.iter().enumerate() {
-                for c in 0..C {
-                    let v = _mm512_add_epi32(acc_r[c], bias[c]);
-                    let q = requant_avx512(v, mult[c], zp[c], lo[c], hi[c]);
-                    _mm512_mask_cvtepi32_storeu_epi8(ptr.add(r * ldc + 16 * c).cast(), mask[c], q);
-                }
+                e.store(acc_r, ptr.add(r * ldc));
             }
         }
+    }
+}
+
+/// The requantizing store of one tile row: [`qat_core::requantize`] exactly, in fewer
+/// instructions than [`requant_avx512`](super::requant::requant_avx512) plus a narrowing store per vector.
+///
+/// Per vector only `min(f32(acc) · m, hi)` is computed in float and converted (round half to
+/// even); the lower clamp and the zero point are applied after the saturating packs:
+/// `vpackssdw`, `+ zp` (saturating i16), `vpackuswb`, then a byte `max` with `qmin`. This is
+/// the same value because `hi` and `lo` are integers (`clamp(round(x), lo, hi) =
+/// max(round(min(x, hi)), lo)`), every value at or above `lo` passes the packs unchanged
+/// (`lo + zp = qmin ≥ 0`, `hi + zp = qmax ≤ 255`), and every value below `lo` — including
+/// `i32::MIN`, which `vcvtps2dq` returns for a float below -2³¹ — lands at or below `qmin`
+/// before the final `max`. The packs work per 128-bit lane; one `vpermd` restores column
+/// order. Vectors past `C` repeat the last one (their bytes are never stored).
+struct U8Epilogue<const C: usize> {
+    mult: [__m512; C],
+    hi: [__m512; C],
+    /// `zero_point` as i16 in the packed order of vector pairs (0, 1) and (2, 2).
+    zp: [__m512i; 2],
+    /// `qmin` as bytes in the packed (pre-permutation) order.
+    qmin: __m512i,
+    /// Columns `0..nc` of the row.
+    mask: __mmask64,
+}
+
+impl<const C: usize> U8Epilogue<C> {
+    /// # Safety
+    /// AVX-512F/BW; `t`'s parameter arrays hold `16 · C` entries.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn new(t: &Tile) -> Self {
+        let ld_i = |p: *const i32, c: usize| _mm512_loadu_si512(p.add(16 * c.min(C - 1)).cast());
+        let zp = [0, 1, 2, 3].map(|c| ld_i(t.zero_point, c));
+        // Each column's qmin (= lo + zp, exact), through the same packs as the data.
+        let qmin32 = [0, 1, 2, 3].map(|c| {
+            let lo = _mm512_cvtps_epi32(_mm512_loadu_ps(t.lo.add(16 * c.min(C - 1))));
+            _mm512_add_epi32(lo, ld_i(t.zero_point, c))
+        });
+        let packed16 = |v: [__m512i; 4]| {
+            [
+                _mm512_packs_epi32(v[0], v[1]),
+                _mm512_packs_epi32(v[2], v[3]),
+            ]
+        };
+        let q16 = packed16(qmin32);
+        U8Epilogue {
+            mult: std::array::from_fn(|c| _mm512_loadu_ps(t.multiplier.add(16 * c))),
+            hi: std::array::from_fn(|c| _mm512_loadu_ps(t.hi.add(16 * c))),
+            zp: packed16(zp),
+            qmin: _mm512_packus_epi16(q16[0], q16[1]),
+            mask: if t.nc >= 64 { !0 } else { (1u64 << t.nc) - 1 },
+        }
+    }
+
+    /// Requantize one row's `C` accumulator vectors and store its `nc` bytes at `dst`.
+    ///
+    /// # Safety
+    /// AVX-512F/BW; `dst` is writable for `nc` bytes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn store(&self, acc: &[__m512i; C], dst: *mut u8) {
+        let q: [__m512i; C] = std::array::from_fn(|c| {
+            let x = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[c]), self.mult[c]);
+            _mm512_cvtps_epi32(_mm512_min_ps(x, self.hi[c]))
+        });
+        let v = |c: usize| q[c.min(C - 1)];
+        let w01 = _mm512_adds_epi16(_mm512_packs_epi32(v(0), v(1)), self.zp[0]);
+        let w23 = _mm512_adds_epi16(_mm512_packs_epi32(v(2), v(3)), self.zp[1]);
+        let b = _mm512_max_epu8(_mm512_packus_epi16(w01, w23), self.qmin);
+        // Lane L dword j holds columns 16j + 4L .. 16j + 4L + 4: gather them back in order.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        // SAFETY: masked to the row's `nc` valid columns (caller).
+        _mm512_mask_storeu_epi8(dst.cast(), self.mask, _mm512_permutexvar_epi32(order, b));
     }
 }

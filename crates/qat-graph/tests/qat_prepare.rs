@@ -294,6 +294,24 @@ fn qat_switches_behave() {
         let on = q.fake_quant(n).unwrap().observer_enabled().unwrap();
         assert_eq!(on, n.starts_with("features.1.0."), "{n}");
     }
+    // By kind: weight observers only, then activation observers only.
+    q.enable_observers(false);
+    q.enable_weight_observers(true);
+    for n in &names {
+        let on = q.fake_quant(n).unwrap().observer_enabled().unwrap();
+        assert_eq!(on, n.ends_with(".weight_fake_quant"), "{n}");
+    }
+    q.enable_observers(true);
+    q.enable_weight_observers(false);
+    q.enable_activation_observers(true);
+    for n in &names {
+        let on = q.fake_quant(n).unwrap().observer_enabled().unwrap();
+        assert_eq!(on, n.ends_with(".activation_post_process"), "{n}");
+    }
+    q.enable_activation_observers(false);
+    assert!(names
+        .iter()
+        .all(|n| !q.fake_quant(n).unwrap().observer_enabled().unwrap()));
     let e = q
         .enable_fake_quant_for("nope", true)
         .unwrap_err()

@@ -284,6 +284,24 @@ impl QatGraph {
     pub fn enable_observers(&self, on: bool) {
         self.fake_quants().for_each(|f| f.enable_observer(on));
     }
+    /// Switch the weight observers (`<node>.weight_fake_quant`) on or off, leaving the
+    /// activation observers as they are. Weights keep moving after activation ranges are
+    /// frozen; a weight range frozen with them lets the weights drift into clipping, where
+    /// the straight-through gradient is zero and nothing pulls them back.
+    pub fn enable_weight_observers(&self, on: bool) {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.weight_fq.as_ref())
+            .for_each(|f| f.enable_observer(on));
+    }
+    /// Switch the activation observers (`<node>.activation_post_process`, quant stubs
+    /// included) on or off, leaving the weight observers as they are.
+    pub fn enable_activation_observers(&self, on: bool) {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.output_fq.as_ref())
+            .for_each(|f| f.enable_observer(on));
+    }
     /// Switch every fake quantization on or off.
     pub fn enable_fake_quant(&self, on: bool) {
         self.fake_quants().for_each(|f| f.enable_fake_quant(on));

@@ -171,7 +171,10 @@ fn set_threads(threads: usize) -> anyhow::Result<()> {
     }
     // candle reads RAYON_NUM_THREADS whenever it sizes a matmul / conv; set before any op.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    // candle's own barrier pool (elementwise ops) may be sized apart, for experiments.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
@@ -282,6 +285,10 @@ fn run_mode(args: &Args, mode: Mode, cfg: &MobileNetV2Config) -> anyhow::Result<
         ("mean_ms", json!(mean * 1e3)),
         ("images_per_s", json!(n as f64 / med)),
         ("cpu_median_ms", json!(part(|t| t.cpu))),
+        (
+            "cpu_min_ms",
+            json!(times.iter().map(|t| t.cpu).fold(f64::INFINITY, f64::min) * 1e3),
+        ),
         ("forward_ms", json!(part(|t| t.forward))),
         ("backward_ms", json!(part(|t| t.backward))),
         ("optimizer_ms", json!(part(|t| t.optimizer))),

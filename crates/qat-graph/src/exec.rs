@@ -321,6 +321,20 @@ impl GraphModule {
             Op::Flatten => x.flatten_from(1)?,
             Op::Dropout { p } => self.dropout(x, *p, train)?,
             Op::Identity => x.clone(),
+            Op::ConvBn { conv, act, .. } if train && b().is_none() => {
+                let bn = v.bn.as_ref().expect("bn looked up");
+                let (gamma, beta) = (bn.weight.as_tensor(), bn.bias.as_tensor());
+                let fused =
+                    prims::conv_bn_act_train(x, w(), gamma, beta, bn.cfg.eps, conv, *act, path)?;
+                match fused {
+                    Some((y, mean, var)) => {
+                        let per_channel = y.elem_count() / y.dim(1)?;
+                        self.update_running_stats(bn, per_channel, &mean, &var)?;
+                        y
+                    }
+                    None => bn_act(&prims::conv2d(x, w(), None, conv, path)?, *act)?,
+                }
+            }
             Op::ConvBn { conv, act, .. } => bn_act(&prims::conv2d(x, w(), b(), conv, path)?, *act)?,
             Op::ConvAct { conv, act } => {
                 act_fn(&prims::conv2d(x, w(), b(), conv, path)?, *act, path)?
@@ -361,6 +375,19 @@ impl GraphModule {
             act,
             self.ops,
         )?;
+        self.update_running_stats(bn, per_channel, &mean, &var)?;
+        Ok(y)
+    }
+
+    /// PyTorch's running-statistics update after a train-mode BatchNorm whose batch statistics
+    /// `mean` / biased `var` were taken over `per_channel` values per channel.
+    fn update_running_stats(
+        &self,
+        bn: &BnVars,
+        per_channel: usize,
+        mean: &Tensor,
+        var: &Tensor,
+    ) -> Result<()> {
         let m = bn.cfg.momentum;
         let unbias = per_channel as f64 / (per_channel - 1) as f64;
         let rm = ((bn.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
@@ -370,7 +397,7 @@ impl GraphModule {
         let count = bn.num_batches_tracked.as_tensor().to_scalar::<i64>()?;
         bn.num_batches_tracked
             .set(&Tensor::new(count + 1, &self.device)?)?;
-        Ok(y)
+        Ok(())
     }
 
     fn dropout(&self, x: &Tensor, p: f64, train: bool) -> Result<Tensor> {

@@ -182,6 +182,44 @@ pub(crate) fn batch_norm_act_train(
     Ok((y, mean, var))
 }
 
+/// A convolution without bias then train-mode BatchNorm and the optional activation as one op
+/// when the convolution is 1×1 (groups 1, stride 1, no padding: [`crate::ops::conv1x1_bn_act_train`])
+/// or depthwise ([`crate::ops::depthwise_bn_act_train`]): the convolution's output is no autograd
+/// node. Returns `(y, batch_mean, biased_batch_var)`, or `None` off the fast CPU path or for
+/// other convolutions (the caller composes).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_bn_act_train(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    c: &Conv2dCfg,
+    act: Option<Act>,
+    path: OpsPath,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    if path != OpsPath::Fast || !x.device().is_cpu() || x.rank() != 4 {
+        return Ok(None);
+    }
+    let bounds = act.map(|a| match a {
+        Act::ReLU => (0f32, f32::INFINITY),
+        Act::ReLU6 => (0f32, 6f32),
+    });
+    let pointwise = c.kernel == [1, 1] && c.groups == 1 && c.padding == 0 && c.stride == 1;
+    let o = if pointwise {
+        match bounds {
+            None => crate::ops::conv1x1_bn_train(x, w, gamma, beta, eps)?,
+            Some((lo, hi)) => crate::ops::conv1x1_bn_act_train(x, w, gamma, beta, eps, lo, hi)?,
+        }
+    } else if c.is_depthwise() {
+        let geom = (c.stride, c.padding, c.dilation);
+        crate::ops::depthwise_bn_act_train(x, w, gamma, beta, eps, geom, bounds)?
+    } else {
+        return Ok(None);
+    };
+    Ok(Some((o.y, o.mean, o.var)))
+}
+
 /// [`batch_norm_train`] of `x / divisor (+ shift)` when `pre` is given; on the fast path one
 /// op ([`crate::ops::batch_norm_train_prescaled`]) that never stores the divided tensor.
 pub(crate) fn batch_norm_train_prescaled(

@@ -42,10 +42,10 @@ impl BatchNormTrainOutput {
 
 /// Per-channel statistics saved by the forward for the backward.
 #[derive(Debug, Default)]
-struct Stats {
-    mean: Vec<f32>,
+pub(super) struct Stats {
+    pub(super) mean: Vec<f32>,
     invstd: Vec<f32>,
-    var: Vec<f32>,
+    pub(super) var: Vec<f32>,
     /// The bias the forward used (with an activation the backward recomputes `a·x + b`).
     beta: Vec<f32>,
 }
@@ -174,12 +174,20 @@ simd_dispatch!(fn affine_clamp = affine_clamp_generic(o: &mut [f32], x: &[f32], 
 /// The activation fused after the normalization: `clamp(z, min, max)` with PyTorch's gradient
 /// (passed only where `min < z < max`; `max = +inf` is ReLU, whose gradient `z = +inf` keeps).
 #[derive(Clone, Copy, Debug)]
-struct Act {
+pub(super) struct Act {
     min: f32,
     max: f32,
 }
 
 impl Act {
+    /// `clamp(·, min, max)`; errors on NaN bounds or `min > max`.
+    pub(super) fn new(min: f32, max: f32, op: &str) -> Result<Act> {
+        if min.is_nan() || max.is_nan() || min > max {
+            bail!("{op}: need min <= max, got min {min}, max {max}")
+        }
+        Ok(Act { min, max })
+    }
+
     #[inline(always)]
     fn passes(&self, z: f32) -> bool {
         // Non-short-circuit `&` / `|`: branch-free, so the loops using it vectorize.
@@ -256,6 +264,113 @@ fn dx_generic<const FMA: bool>(o: &mut [f32], dy: &[f32], x: &[f32], k: f32, m: 
 
 simd_dispatch!(pub(super) fn dx_kernel = dx_generic(o: &mut [f32], dy: &[f32], x: &[f32], k: f32, m: f32, q: f32));
 
+/// The forward of train-mode BatchNorm (+ activation) on the NCHW data `x`: the output and the
+/// statistics the backward needs.
+pub(super) fn forward_core(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    d: Dims,
+    eps: f64,
+    act: Option<Act>,
+) -> (Vec<f32>, Stats) {
+    let m = d.count() as f64;
+    let plane = |i: usize| &x[i * d.plane..(i + 1) * d.plane];
+    let stats: Vec<(f32, f32)> = per_channel(d, |c| {
+        let total: f64 = (0..d.n).map(|n| sum(plane(n * d.c + c)) as f64).sum();
+        let mean = (total / m) as f32;
+        let mut var = 0f64;
+        for n in 0..d.n {
+            let mut s = 0f64;
+            sq_dev(plane(n * d.c + c), mean, &mut s);
+            var += s;
+        }
+        (mean, (var / m) as f32)
+    });
+    let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
+    let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
+    let invstd: Vec<f32> = var
+        .iter()
+        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+        .collect();
+    let mut y = vec![0f32; x.len()];
+    per_plane(&mut y, d, |i, o| {
+        let c = i % d.c;
+        let a = gamma[c] * invstd[c];
+        let b = beta[c] - a * mean[c];
+        match act {
+            None => affine(o, plane(i), a, b),
+            Some(act) => affine_clamp(o, plane(i), a, b, act.min, act.max),
+        }
+    });
+    let stats = Stats {
+        mean,
+        invstd,
+        var,
+        beta: if act.is_some() {
+            beta.to_vec()
+        } else {
+            Vec::new()
+        },
+    };
+    (y, stats)
+}
+
+/// The backward of [`forward_core`]: writes `dx` (the size of `x`), `dgamma` and `dbeta` (`C`
+/// each) from the saved statistics. The caller checks that `st` and `dy` match `x`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_core(
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    st: &Stats,
+    d: Dims,
+    act: Option<Act>,
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let m = d.count() as f64;
+    // The forward's affine coefficients, to recompute the pre-activation bit for bit.
+    let ab = |c: usize| {
+        let a = gamma[c] * st.invstd[c];
+        (a, st.beta[c] - a * st.mean[c])
+    };
+    // Per channel: Σdy and Σdy·(x − mean) (dy masked by the activation's gradient).
+    let sums: Vec<(f64, f64)> = per_channel(d, |c| {
+        let (mut sdy, mut sdyxc) = (0f64, 0f64);
+        for n in 0..d.n {
+            let mut s = (0f64, 0f64);
+            let (dyp, xp) = (plane_of(dy, d, n * d.c + c), plane_of(x, d, n * d.c + c));
+            match act {
+                None => grad_sums(dyp, xp, st.mean[c], &mut s),
+                Some(act) => grad_sums_act(dyp, xp, st.mean[c], ab(c), act, &mut s),
+            }
+            sdy += s.0;
+            sdyxc += s.1;
+        }
+        (sdy, sdyxc)
+    });
+    // dx = γ·σ⁻¹·(dy − Σdy/M − x̂·Σdy·x̂/M), with x̂ = (x − μ)·σ⁻¹, expanded to k·dy + m·x + q.
+    per_plane(dx, d, |i, o| {
+        let c = i % d.c;
+        let (sdy, sdyxc) = sums[c];
+        let inv = st.invstd[c] as f64;
+        let k = gamma[c] as f64 * inv;
+        let mx = -k * sdyxc * inv * inv / m;
+        let q = -k * sdy / m - mx * st.mean[c] as f64;
+        let (dyp, xp) = (plane_of(dy, d, i), plane_of(x, d, i));
+        match act {
+            None => dx_kernel(o, dyp, xp, k as f32, mx as f32, q as f32),
+            Some(act) => dx_act(o, dyp, xp, (k as f32, mx as f32, q as f32), ab(c), act),
+        }
+    });
+    for (c, &(sdy, sdyxc)) in sums.iter().enumerate() {
+        dgamma[c] = (sdyxc * st.invstd[c] as f64) as f32;
+        dbeta[c] = sdy as f32;
+    }
+}
+
 /// `(x [N,C,H,W], gamma [C], beta [C]) -> y`, saving the statistics in `stats`.
 struct BnForward {
     d: Dims,
@@ -281,49 +396,11 @@ impl CustomOp3 for BnForward {
         let x = slice_f32(s1, l1, self.name(), "input")?;
         let gamma = slice_f32(s2, l2, self.name(), "weight")?;
         let beta = slice_f32(s3, l3, self.name(), "bias")?;
-        let d = self.d;
-        let m = d.count() as f64;
-        let plane = |i: usize| &x[i * d.plane..(i + 1) * d.plane];
-        let stats: Vec<(f32, f32)> = per_channel(d, |c| {
-            let total: f64 = (0..d.n).map(|n| sum(plane(n * d.c + c)) as f64).sum();
-            let mean = (total / m) as f32;
-            let mut var = 0f64;
-            for n in 0..d.n {
-                let mut s = 0f64;
-                sq_dev(plane(n * d.c + c), mean, &mut s);
-                var += s;
-            }
-            (mean, (var / m) as f32)
-        });
-        let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
-        let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
-        let invstd: Vec<f32> = var
-            .iter()
-            .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
-            .collect();
-        let mut y = vec![0f32; x.len()];
-        per_plane(&mut y, d, |i, o| {
-            let c = i % d.c;
-            let a = gamma[c] * invstd[c];
-            let b = beta[c] - a * mean[c];
-            match self.act {
-                None => affine(o, plane(i), a, b),
-                Some(act) => affine_clamp(o, plane(i), a, b, act.min, act.max),
-            }
-        });
+        let (y, stats) = forward_core(x, gamma, beta, self.d, self.eps, self.act);
         *self
             .stats
             .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Stats {
-            mean,
-            invstd,
-            var,
-            beta: if self.act.is_some() {
-                beta.to_vec()
-            } else {
-                Vec::new()
-            },
-        };
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -389,53 +466,25 @@ impl CustomOp3 for BnBackward {
                 self.name()
             )
         }
-        let m = d.count() as f64;
-        // The forward's affine coefficients, to recompute the pre-activation bit for bit.
-        let ab = |c: usize| {
-            let a = gamma[c] * st.invstd[c];
-            (a, st.beta[c] - a * st.mean[c])
-        };
-        // Per channel: Σdy and Σdy·(x − mean) (dy masked by the activation's gradient).
-        let sums: Vec<(f64, f64)> = per_channel(d, |c| {
-            let (mut sdy, mut sdyxc) = (0f64, 0f64);
-            for n in 0..d.n {
-                let mut s = (0f64, 0f64);
-                let (dyp, xp) = (plane_of(dy, d, n * d.c + c), plane_of(x, d, n * d.c + c));
-                match self.act {
-                    None => grad_sums(dyp, xp, st.mean[c], &mut s),
-                    Some(act) => grad_sums_act(dyp, xp, st.mean[c], ab(c), act, &mut s),
-                }
-                sdy += s.0;
-                sdyxc += s.1;
-            }
-            (sdy, sdyxc)
-        });
         let mut out = vec![0f32; x.len() + 2 * d.c];
         let (dx, tail) = out.split_at_mut(x.len());
-        // dx = γ·σ⁻¹·(dy − Σdy/M − x̂·Σdy·x̂/M), with x̂ = (x − μ)·σ⁻¹, expanded to k·dy + m·x + q.
-        per_plane(dx, d, |i, o| {
-            let c = i % d.c;
-            let (sdy, sdyxc) = sums[c];
-            let inv = st.invstd[c] as f64;
-            let k = gamma[c] as f64 * inv;
-            let mx = -k * sdyxc * inv * inv / m;
-            let q = -k * sdy / m - mx * st.mean[c] as f64;
-            let (dyp, xp) = (plane_of(dy, d, i), plane_of(x, d, i));
-            match self.act {
-                None => dx_kernel(o, dyp, xp, k as f32, mx as f32, q as f32),
-                Some(act) => dx_act(o, dyp, xp, (k as f32, mx as f32, q as f32), ab(c), act),
-            }
-        });
-        for (c, &(sdy, sdyxc)) in sums.iter().enumerate() {
-            tail[c] = (sdyxc * st.invstd[c] as f64) as f32;
-            tail[d.c + c] = sdy as f32;
-        }
+        let (dgamma, dbeta) = tail.split_at_mut(d.c);
+        backward_core(x, dy, gamma, &st, d, self.act, dx, dgamma, dbeta);
         Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * d.c)))
     }
 }
 
 pub(super) fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor, op: &str) -> Result<Dims> {
-    let (n, c, h, w) = dims4(x, op, "input")?;
+    check_dims(dims4(x, op, "input")?, gamma, beta, op)
+}
+
+/// [`check`] for an input of NCHW dims `(n, c, h, w)`.
+pub(super) fn check_dims(
+    (n, c, h, w): (usize, usize, usize, usize),
+    gamma: &Tensor,
+    beta: &Tensor,
+    op: &str,
+) -> Result<Dims> {
     for (t, what) in [(gamma, "weight"), (beta, "bias")] {
         if t.dims() != [c] {
             bail!("{op}: {what} must have shape [{c}], got {:?}", t.dims())
@@ -444,7 +493,7 @@ pub(super) fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor, op: &str) -> Resu
     if n * h * w < 2 {
         bail!(
             "{op}: expected more than 1 value per channel when training, got input {:?}",
-            x.dims()
+            [n, c, h, w]
         )
     }
     Ok(Dims { n, c, plane: h * w })
@@ -489,10 +538,7 @@ pub fn batch_norm_act_train(
     max: f32,
 ) -> Result<BatchNormTrainOutput> {
     const OP: &str = "batch_norm_act_train";
-    if min.is_nan() || max.is_nan() || min > max {
-        bail!("{OP}: need min <= max, got min {min}, max {max}")
-    }
-    bn_train(x, weight, bias, eps, Some(Act { min, max }), OP)
+    bn_train(x, weight, bias, eps, Some(Act::new(min, max, OP)?), OP)
 }
 
 /// [`batch_norm_act_train`] as candle ops: [`batch_norm_train_slow`] then

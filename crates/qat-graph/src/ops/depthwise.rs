@@ -7,21 +7,26 @@
 //! *phase planes* (`P[ry][rx][i][j] = x_padded[s·i + ry][s·j + rx]`), each `Hp × Wp` with
 //! `Wp = Wo + max column shift`. In that layout every kernel tap is one contiguous slice of
 //! length `L = (Ho − 1)·Wp + Wo`: output `oy·Wp + ox` reads phase-plane element
-//! `oy·Wp + ox + (shift_y·Wp + shift_x)`. So the forward is one long `axpy` per tap, the input
-//! gradient one long `axpy` per tap into phase-plane gradients, and the weight gradient one long
-//! `dot` per tap — instead of per-row loops of 7–28 elements that LLVM cannot vectorize well.
+//! `oy·Wp + ox + (shift_y·Wp + shift_x)`. So the forward sums, per 64-element block of outputs,
+//! every tap's shifted slice in registers ([`taps_gather`]); the input gradient is the
+//! transposed sum into the phase-plane gradients ([`taps_scatter`]); the weight gradient is one
+//! long `dot` per tap — instead of per-row loops of 7–28 elements that LLVM cannot vectorize
+//! well. Both gradients come from one pass (one op) that lays the output gradient out once.
 //! The `Wp − Wo` extra columns per row compute values that are dropped (forward) or multiply an
 //! output gradient laid out with zeros there (backward), so they never leak into results.
+//! Every (image, channel) plane is written in place by the task that owns its channel.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use std::marker::PhantomData;
+
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias::bias_add_nchw;
-use super::common::{axpy, dot, f32_contiguous, simd_dispatch, slice_f32, PAR_MIN_ELEMS};
+use super::common::{dot, f32_contiguous, madd, simd_dispatch, slice_f32, PAR_MIN_ELEMS};
 
 /// Geometry of one depthwise conv call.
 #[derive(Clone, Debug)]
-struct Geom {
+pub(super) struct Geom {
     n: usize,
     c: usize,
     h: usize,
@@ -42,7 +47,13 @@ struct Geom {
 }
 
 impl Geom {
-    fn new(x: &[usize], w: &[usize], stride: usize, pad: usize, dil: usize) -> Result<Self> {
+    pub(super) fn new(
+        x: &[usize],
+        w: &[usize],
+        stride: usize,
+        pad: usize,
+        dil: usize,
+    ) -> Result<Self> {
         const OP: &str = "depthwise_conv2d";
         let (n, c, h, wd) = match *x {
             [a, b, c, d] => (a, b, c, d),
@@ -99,6 +110,92 @@ impl Geom {
             tap_phase,
             tap_shift,
         })
+    }
+
+    /// Output dims `[N, C, Ho, Wo]`.
+    pub(super) fn out_dims(&self) -> (usize, usize, usize, usize) {
+        (self.n, self.c, self.ho, self.wo)
+    }
+    pub(super) fn in_len(&self) -> usize {
+        self.n * self.c * self.in_plane()
+    }
+    pub(super) fn out_len(&self) -> usize {
+        self.n * self.c * self.out_plane()
+    }
+    /// Elements of the weight `[C, 1, KH, KW]`.
+    pub(super) fn w_len(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// The forward into `out` (`out_len()` elements, fully written).
+    pub(super) fn forward_into(&self, x: &[f32], wt: &[f32], out: &mut [f32]) -> Result<()> {
+        let g = self;
+        let k = g.kh * g.kw;
+        if x.len() != g.in_len() || wt.len() != g.c * k || out.len() != g.out_len() {
+            bail!("depthwise_conv2d: operand sizes do not match the convolution")
+        }
+        if g.out_plane() > 0 {
+            let elems = out.len();
+            let planes = Planes::new(out, g.c, g.out_plane());
+            for_each_channel_group(g, elems, |grp, scratch| {
+                // SAFETY: each channel runs in one task, its groups one after another.
+                let mut o = unsafe { planes.channel(grp) };
+                fwd_group(g, grp, x, scratch, &wt[grp.c * k..(grp.c + 1) * k], &mut o);
+            });
+        }
+        Ok(())
+    }
+
+    /// Both gradients from the output gradient `dy`: writes `dx` (`in_len()`, fully) and adds
+    /// into `dw` (`C·KH·KW`, zeroed by the caller).
+    pub(super) fn backward_into(
+        &self,
+        x: &[f32],
+        wt: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        dw: &mut [f32],
+    ) -> Result<()> {
+        let g = self;
+        let k = g.kh * g.kw;
+        let nx = g.in_len();
+        if x.len() != nx
+            || wt.len() != g.c * k
+            || dy.len() != g.out_len()
+            || dx.len() != nx
+            || dw.len() != g.c * k
+        {
+            bail!("depthwise_conv2d_backward: operand sizes do not match the convolution")
+        }
+        if g.out_plane() == 0 || g.n == 0 {
+            dx.fill(0.0);
+            return Ok(());
+        }
+        let planes = Planes::new(dx, g.c, g.in_plane());
+        let dw_planes = Planes::new(dw, g.c, k);
+        for_each_channel_group(g, dy.len(), |grp, scratch| {
+            // SAFETY: each channel runs in one task, its groups one after another; `dw`
+            // viewed as N = 1 planes of `k` gives channel `c` its own kernel gradient.
+            let mut dxs = unsafe { planes.channel(grp) };
+            let mut dwc = unsafe {
+                dw_planes.channel(Group {
+                    c: grp.c,
+                    n0: 0,
+                    nb: 1,
+                })
+            };
+            backward_group(
+                g,
+                grp,
+                x,
+                dy,
+                scratch,
+                &wt[grp.c * k..(grp.c + 1) * k],
+                &mut dwc[0][..],
+                &mut dxs,
+            );
+        });
+        Ok(())
     }
 
     fn in_plane(&self) -> usize {
@@ -275,7 +372,91 @@ impl Group {
     }
 }
 
-/// Forward of a group: writes its `nb` output planes, image-major, into `out`.
+/// Elements per block of the two tap loops: 4 AVX-512 registers (8 AVX2) of accumulators.
+const TAP_BLOCK: usize = 64;
+
+/// `acc[j] = Σₜ wk[t] · src[starts[t] + j]` for every `j` (taps summed in order from 0).
+///
+/// All taps of a block of outputs are summed in registers and stored once, instead of one
+/// load-add-store pass over `acc` per tap.
+#[inline(always)]
+fn taps_gather<const FMA: bool>(acc: &mut [f32], src: &[f32], starts: &[usize], wk: &[f32]) {
+    for (jb, out) in acc.chunks_mut(TAP_BLOCK).enumerate() {
+        let j = jb * TAP_BLOCK;
+        let mut a = [0f32; TAP_BLOCK];
+        if let Ok(out) = <&mut [f32; TAP_BLOCK]>::try_from(&mut *out) {
+            for (&s, &w) in starts.iter().zip(wk) {
+                let x: &[f32; TAP_BLOCK] = src[s + j..s + j + TAP_BLOCK]
+                    .try_into()
+                    .expect("a full block");
+                for i in 0..TAP_BLOCK {
+                    a[i] = madd::<FMA>(w, x[i], a[i]);
+                }
+            }
+            *out = a;
+        } else {
+            let b = out.len();
+            for (&s, &w) in starts.iter().zip(wk) {
+                for (ai, &xv) in a[..b].iter_mut().zip(&src[s + j..s + j + b]) {
+                    *ai = madd::<FMA>(w, xv, *ai);
+                }
+            }
+            out.copy_from_slice(&a[..b]);
+        }
+    }
+}
+
+/// The transpose of [`taps_gather`]: `dst[p] = Σₜ wk[t] · src[p − starts[t]]` over the taps
+/// with `0 ≤ p − starts[t] < src.len()` (taps summed in order from 0); `dst` is fully written.
+#[inline(always)]
+fn taps_scatter<const FMA: bool>(dst: &mut [f32], src: &[f32], starts: &[usize], wk: &[f32]) {
+    let span = src.len();
+    let (Some(&min_s), Some(&max_s)) = (starts.iter().min(), starts.iter().max()) else {
+        dst.fill(0.0);
+        return;
+    };
+    for (jb, out) in dst.chunks_mut(TAP_BLOCK).enumerate() {
+        let j = jb * TAP_BLOCK;
+        let b = out.len();
+        let mut a = [0f32; TAP_BLOCK];
+        if b == TAP_BLOCK && j >= max_s && j + TAP_BLOCK <= min_s + span {
+            // Inside every tap's range (most blocks): accumulators stay in registers.
+            for (&s, &w) in starts.iter().zip(wk) {
+                let x: &[f32; TAP_BLOCK] = src[j - s..j - s + TAP_BLOCK]
+                    .try_into()
+                    .expect("a full block");
+                for i in 0..TAP_BLOCK {
+                    a[i] = madd::<FMA>(w, x[i], a[i]);
+                }
+            }
+            out.copy_from_slice(&a);
+            continue;
+        }
+        for (&s, &w) in starts.iter().zip(wk) {
+            // Block positions p = j + i this tap reaches: s ≤ p < s + span.
+            let lo = s.max(j);
+            let hi = (s + span).min(j + b);
+            if lo >= hi {
+                continue;
+            }
+            if lo == j && hi == j + TAP_BLOCK {
+                let x: &[f32; TAP_BLOCK] = src[j - s..j - s + TAP_BLOCK]
+                    .try_into()
+                    .expect("a full block");
+                for i in 0..TAP_BLOCK {
+                    a[i] = madd::<FMA>(w, x[i], a[i]);
+                }
+            } else {
+                for (ai, &xv) in a[lo - j..hi - j].iter_mut().zip(&src[lo - s..hi - s]) {
+                    *ai = madd::<FMA>(w, xv, *ai);
+                }
+            }
+        }
+        out.copy_from_slice(&a[..b]);
+    }
+}
+
+/// Forward of a group: writes its `nb` output planes (`out[k]` for image `n0 + k`).
 #[inline(always)]
 fn fwd_group_generic<const FMA: bool>(
     g: &Geom,
@@ -283,7 +464,7 @@ fn fwd_group_generic<const FMA: bool>(
     x: &[f32],
     scratch: &mut [f32],
     wk: &[f32],
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) {
     let nb = grp.nb;
     let (phases, rest) = scratch.split_at_mut(g.phases_len(nb));
@@ -295,11 +476,9 @@ fn fwd_group_generic<const FMA: bool>(
             nb * g.pp(),
         );
     }
-    acc.fill(0.0);
-    for (start, &wv) in g.tap_starts(nb).zip(wk) {
-        axpy::<FMA>(acc, wv, &phases[start..start + acc.len()]);
-    }
-    for (k, oplane) in out.chunks_exact_mut(g.out_plane()).enumerate() {
+    let starts: Vec<usize> = g.tap_starts(nb).collect();
+    taps_gather::<FMA>(acc, phases, &starts, wk);
+    for (k, oplane) in out.iter_mut().enumerate() {
         for (oy, orow) in oplane.chunks_exact_mut(g.wo).enumerate() {
             let at = (k * g.hp + oy) * g.wp;
             orow.copy_from_slice(&acc[at..at + g.wo]);
@@ -307,44 +486,23 @@ fn fwd_group_generic<const FMA: bool>(
     }
 }
 
-simd_dispatch!(fn fwd_group = fwd_group_generic(g: &Geom, grp: Group, x: &[f32], scratch: &mut [f32], wk: &[f32], out: &mut [f32]));
+simd_dispatch!(fn fwd_group = fwd_group_generic(g: &Geom, grp: Group, x: &[f32], scratch: &mut [f32], wk: &[f32], out: &mut [&mut [f32]]));
 
-/// Input gradient of a group: writes its `nb` input-gradient planes, image-major, into `dx`.
+/// Both gradients of a group: adds its contribution to the channel's kernel gradient `dw`
+/// (`kh * kw`) and writes its `nb` input-gradient planes (`dx[k]` for image `n0 + k`). The
+/// output gradient is laid out once for both, and the input's phase buffer is reused for the
+/// phase-plane gradients after the weight gradient has read it.
 #[inline(always)]
-fn input_grad_group_generic<const FMA: bool>(
-    g: &Geom,
-    grp: Group,
-    dy: &[f32],
-    scratch: &mut [f32],
-    wk: &[f32],
-    dx: &mut [f32],
-) {
-    let nb = grp.nb;
-    let (dphases, rest) = scratch.split_at_mut(g.phases_len(nb));
-    let dyw = &mut rest[..g.span(nb)];
-    for k in 0..nb {
-        g.spread_rows(grp.plane(g, dy, k, g.out_plane()), dyw, k);
-    }
-    dphases.fill(0.0);
-    for (start, &wv) in g.tap_starts(nb).zip(wk) {
-        axpy::<FMA>(&mut dphases[start..start + dyw.len()], wv, dyw);
-    }
-    for (k, dplane) in dx.chunks_exact_mut(g.in_plane()).enumerate() {
-        g.gather_phases(&dphases[k * g.pp()..], nb * g.pp(), dplane);
-    }
-}
-
-simd_dispatch!(fn input_grad_group = input_grad_group_generic(g: &Geom, grp: Group, dy: &[f32], scratch: &mut [f32], wk: &[f32], dx: &mut [f32]));
-
-/// Adds a group's contribution to its channel's kernel gradient `dw` (`kh * kw`).
-#[inline(always)]
-fn weight_grad_group_generic<const FMA: bool>(
+#[allow(clippy::too_many_arguments)]
+fn backward_group_generic<const FMA: bool>(
     g: &Geom,
     grp: Group,
     x: &[f32],
     dy: &[f32],
     scratch: &mut [f32],
+    wk: &[f32],
     dw: &mut [f32],
+    dx: &mut [&mut [f32]],
 ) {
     let nb = grp.nb;
     let (phases, rest) = scratch.split_at_mut(g.phases_len(nb));
@@ -357,68 +515,98 @@ fn weight_grad_group_generic<const FMA: bool>(
         );
         g.spread_rows(grp.plane(g, dy, k, g.out_plane()), dyw, k);
     }
-    for (start, d) in g.tap_starts(nb).zip(dw.iter_mut()) {
+    let starts: Vec<usize> = g.tap_starts(nb).collect();
+    for (&start, d) in starts.iter().zip(dw.iter_mut()) {
         *d += dot::<FMA>(dyw, &phases[start..start + dyw.len()]);
+    }
+    taps_scatter::<FMA>(phases, dyw, &starts, wk);
+    for (k, dplane) in dx.iter_mut().enumerate() {
+        g.gather_phases(&phases[k * g.pp()..], nb * g.pp(), dplane);
     }
 }
 
-simd_dispatch!(fn weight_grad_group = weight_grad_group_generic(g: &Geom, grp: Group, x: &[f32], dy: &[f32], scratch: &mut [f32], dw: &mut [f32]));
+simd_dispatch!(#[allow(clippy::too_many_arguments)] fn backward_group = backward_group_generic(g: &Geom, grp: Group, x: &[f32], dy: &[f32], scratch: &mut [f32], wk: &[f32], dw: &mut [f32], dx: &mut [&mut [f32]]));
 
 /// Whether to split channels over rayon's pool.
 fn parallel(elems: usize) -> bool {
     elems >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1
 }
 
-/// Runs `f(group, scratch, chan_out)` over every channel's image groups, where `chan_out`
-/// holds the channel's `N` planes of `plane` elements image-major, then scatters them into
-/// the NCHW buffer `out`.
-fn per_channel_planes(
-    g: &Geom,
-    out: &mut [f32],
+/// An NCHW buffer handed out a channel at a time: every (image, channel) plane is written in
+/// place by the task that owns its channel, so no per-channel staging buffer is copied back.
+struct Planes<'a> {
+    ptr: *mut f32,
+    len: usize,
+    c: usize,
     plane: usize,
-    f: impl Fn(Group, &mut [f32], &mut [f32]) + Sync,
-) {
+    _buf: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `Planes` only hands out planes through `channel`, whose contract keeps concurrent
+// tasks on distinct channels, i.e. on disjoint memory.
+unsafe impl Send for Planes<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Planes<'_> {}
+
+impl<'a> Planes<'a> {
+    fn new(buf: &'a mut [f32], c: usize, plane: usize) -> Self {
+        Planes {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            c,
+            plane,
+            _buf: PhantomData,
+        }
+    }
+
+    /// The planes of channel `c` for images `grp.n0 .. grp.n0 + grp.nb`.
+    ///
+    /// # Safety
+    /// No other live slice may cover the same (image, channel) planes: callers give each
+    /// channel to one task and each image range of it to one call at a time.
+    // Handing out `&mut` from `&self` is the point: tasks share `Planes` and each takes its
+    // own channel, which the safety contract (not the borrow checker) keeps disjoint.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn channel(&self, grp: Group) -> Vec<&mut [f32]> {
+        (grp.n0..grp.n0 + grp.nb)
+            .map(|n| {
+                let start = (n * self.c + grp.c) * self.plane;
+                assert!(
+                    grp.c < self.c && start + self.plane <= self.len,
+                    "plane inside the buffer"
+                );
+                // SAFETY: in bounds (asserted above); exclusive by the caller's contract.
+                unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), self.plane) }
+            })
+            .collect()
+    }
+}
+
+/// Runs `f(group, scratch, c)` for every channel `c` and its image groups, over rayon's pool
+/// when the tensor of `elems` elements is large enough. `f` may write the group's planes of
+/// channel `c` (and only those) through a [`Planes`].
+fn for_each_channel_group(g: &Geom, elems: usize, f: impl Fn(Group, &mut [f32]) + Sync) {
     let gsz = g.group();
-    let channel = |c: usize, scratch: &mut [f32], chan: &mut [f32]| {
+    let channel = |c: usize, scratch: &mut Vec<f32>| {
         for n0 in (0..g.n).step_by(gsz) {
-            let nb = gsz.min(g.n - n0);
             f(
-                Group { c, n0, nb },
+                Group {
+                    c,
+                    n0,
+                    nb: gsz.min(g.n - n0),
+                },
                 scratch,
-                &mut chan[n0 * plane..(n0 + nb) * plane],
             );
         }
     };
-    let scatter = |c: usize, chan: &[f32], out: &mut [f32]| {
-        for (n, p) in chan.chunks_exact(plane).enumerate() {
-            let i = n * g.c + c;
-            out[i * plane..(i + 1) * plane].copy_from_slice(p);
-        }
-    };
-    if plane == 0 || g.n == 0 {
-        return;
-    }
-    if parallel(out.len()) {
-        let chans: Vec<Vec<f32>> = (0..g.c)
+    if parallel(elems) {
+        (0..g.c)
             .into_par_iter()
-            .map_init(
-                || vec![0f32; g.scratch_len()],
-                |scratch, c| {
-                    let mut chan = vec![0f32; g.n * plane];
-                    channel(c, scratch, &mut chan);
-                    chan
-                },
-            )
-            .collect();
-        for (c, chan) in chans.iter().enumerate() {
-            scatter(c, chan, out);
-        }
+            .for_each_init(|| vec![0f32; g.scratch_len()], |s, c| channel(c, s));
     } else {
         let mut scratch = vec![0f32; g.scratch_len()];
-        let mut chan = vec![0f32; g.n * plane];
         for c in 0..g.c {
-            channel(c, &mut scratch, &mut chan);
-            scatter(c, &chan, out);
+            channel(c, &mut scratch);
         }
     }
 }
@@ -441,11 +629,8 @@ impl CustomOp2 for DwForward {
         let g = &self.0;
         let x = slice_f32(s1, l1, self.name(), "input")?;
         let wt = slice_f32(s2, l2, self.name(), "weight")?;
-        let k = g.kh * g.kw;
-        let mut out = vec![0f32; g.n * g.c * g.out_plane()];
-        per_channel_planes(g, &mut out, g.out_plane(), |grp, scratch, o| {
-            fwd_group(g, grp, x, scratch, &wt[grp.c * k..(grp.c + 1) * k], o);
-        });
+        let mut out = vec![0f32; g.out_len()];
+        g.forward_into(x, wt, &mut out)?;
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.ho, g.wo))))
     }
 
@@ -456,19 +641,25 @@ impl CustomOp2 for DwForward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = &self.0;
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(w, &DwInputGrad(self.0.clone()))?;
-        let dw = x.apply_op2_no_bwd(&grad, &DwWeightGrad(self.0.clone()))?;
+        let both = x.apply_op3_no_bwd(w, &grad, &DwBackward(g.clone()))?;
+        let nx = g.n * g.c * g.in_plane();
+        let dx = both.narrow(0, 0, nx)?.reshape((g.n, g.c, g.h, g.w))?;
+        let dw = both
+            .narrow(0, nx, g.c * g.kh * g.kw)?
+            .reshape((g.c, 1, g.kh, g.kw))?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
-/// Input gradient: `(dy [N,C,Ho,Wo], w [C,1,KH,KW]) -> dx [N,C,H,W]`.
-struct DwInputGrad(Geom);
+/// Both gradients in one pass: `(x [N,C,H,W], w [C,1,KH,KW], dy [N,C,Ho,Wo])` → the flat
+/// concatenation of `dx [N,C,H,W]` and `dw [C,1,KH,KW]` (split by views in `bwd`).
+struct DwBackward(Geom);
 
-impl CustomOp2 for DwInputGrad {
+impl CustomOp3 for DwBackward {
     fn name(&self) -> &'static str {
-        "depthwise_conv2d_input_grad"
+        "depthwise_conv2d_backward"
     }
 
     fn cpu_fwd(
@@ -477,62 +668,18 @@ impl CustomOp2 for DwInputGrad {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        let dy = slice_f32(s1, l1, self.name(), "output gradient")?;
-        let wt = slice_f32(s2, l2, self.name(), "weight")?;
-        let k = g.kh * g.kw;
-        let mut dx = vec![0f32; g.n * g.c * g.in_plane()];
-        per_channel_planes(g, &mut dx, g.in_plane(), |grp, scratch, o| {
-            input_grad_group(g, grp, dy, scratch, &wt[grp.c * k..(grp.c + 1) * k], o);
-        });
-        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
-    }
-}
-
-/// Weight gradient: `(x [N,C,H,W], dy [N,C,Ho,Wo]) -> dw [C,1,KH,KW]`, one task per channel.
-struct DwWeightGrad(Geom);
-
-impl CustomOp2 for DwWeightGrad {
-    fn name(&self) -> &'static str {
-        "depthwise_conv2d_weight_grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
         let x = slice_f32(s1, l1, self.name(), "input")?;
-        let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
-        let k = g.kh * g.kw;
-        let mut dw = vec![0f32; g.c * k];
-        let gsz = g.group();
-        let channel = |c: usize, dwc: &mut [f32], scratch: &mut Vec<f32>| {
-            for n0 in (0..g.n).step_by(gsz) {
-                let grp = Group {
-                    c,
-                    n0,
-                    nb: gsz.min(g.n - n0),
-                };
-                weight_grad_group(g, grp, x, dy, scratch, dwc);
-            }
-        };
-        if !parallel(g.n * g.c * g.out_plane()) {
-            let mut scratch = vec![0f32; g.scratch_len()];
-            for (c, dwc) in dw.chunks_exact_mut(k).enumerate() {
-                channel(c, dwc, &mut scratch);
-            }
-        } else {
-            dw.par_chunks_exact_mut(k).enumerate().for_each_init(
-                || vec![0f32; g.scratch_len()],
-                |scratch, (c, dwc)| channel(c, dwc, scratch),
-            );
-        }
-        Ok((CpuStorage::F32(dw), Shape::from((g.c, 1, g.kh, g.kw))))
+        let wt = slice_f32(s2, l2, self.name(), "weight")?;
+        let dy = slice_f32(s3, l3, self.name(), "output gradient")?;
+        let (nx, nw) = (g.in_len(), g.c * g.kh * g.kw);
+        let mut out = vec![0f32; nx + nw];
+        let (dx, dw) = out.split_at_mut(nx);
+        g.backward_into(x, wt, dy, dx, dw)?;
+        Ok((CpuStorage::F32(out), Shape::from(nx + nw)))
     }
 }
 

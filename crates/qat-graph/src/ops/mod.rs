@@ -16,6 +16,7 @@ mod activation;
 mod batch_norm;
 mod bias;
 mod channel;
+mod conv_bn;
 mod depthwise;
 mod pointwise;
 mod prescaled_bn;
@@ -28,6 +29,10 @@ pub use batch_norm::{
 pub use bias::{bias_add_nchw, bias_add_nchw_slow};
 pub use channel::{
     channel_affine_nchw, channel_affine_nchw_slow, channel_div_nchw, channel_div_nchw_slow,
+};
+pub use conv_bn::{
+    conv1x1_bn_act_train, conv1x1_bn_act_train_slow, conv1x1_bn_train, depthwise_bn_act_train,
+    depthwise_bn_act_train_slow,
 };
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_dilated, depthwise_conv2d_slow};
 pub use pointwise::{conv1x1, conv1x1_slow};

@@ -38,7 +38,7 @@ fn parallelism() -> Parallelism {
 
 /// Row-major `dst[m, n] (= or +=) lhs · rhs` with explicit (row, column) strides for the operands.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     dst: &mut [f32],
     (m, n, k): (usize, usize, usize),
     lhs: &[f32],

@@ -1,0 +1,431 @@
+//! 1×1 or depthwise convolution + train-mode BatchNorm2d (+ ReLU / ReLU6) as one autograd op.
+//!
+//! As two ops, the convolution's output `z` is an autograd node: candle's backward gives its
+//! gradient a zero-filled tensor and adds the BatchNorm's input gradient into it (an
+//! allocation, a fill and a three-stream pass over the largest tensors of MobileNetV2), before
+//! the convolution's backward reads it. Here `z` stays inside the op: the forward keeps it for
+//! the backward, and the backward runs the BatchNorm backward into a buffer that the
+//! convolution's backward (two GEMMs `dx = Wᵀ·dz`, `dW = Σₙ dzₙ·xₙᵀ`, or the depthwise kernels)
+//! reads directly. The arithmetic is the same as [`conv1x1`](super::conv1x1) /
+//! [`depthwise_conv2d_dilated`](super::depthwise_conv2d_dilated) then
+//! [`batch_norm_act_train`](super::batch_norm_act_train), so values and gradients equal theirs
+//! bit for bit.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::batch_norm::{
+    backward_core, check_dims, forward_core, Act, BatchNormTrainOutput, Dims, Stats,
+};
+use super::common::{dims4, f32_contiguous, slice_f32};
+use super::depthwise::Geom as DwGeom;
+use super::pointwise::matmul;
+
+/// What the forward keeps for the backward.
+#[derive(Default)]
+struct Saved {
+    /// The convolution's output (the BatchNorm's input), NCHW.
+    z: Vec<f32>,
+    stats: Stats,
+    gamma: Vec<f32>,
+}
+
+/// The convolution inside the op.
+#[derive(Clone, Debug)]
+enum Conv {
+    /// Input `[N, C, P]` (P = H·W), weight `[O, C, 1, 1]`, output `[N, O, P]`.
+    Pointwise {
+        n: usize,
+        c: usize,
+        o: usize,
+        p: usize,
+    },
+    Depthwise(DwGeom),
+}
+
+impl Conv {
+    fn x_len(&self) -> usize {
+        match self {
+            Conv::Pointwise { n, c, p, .. } => n * c * p,
+            Conv::Depthwise(g) => g.in_len(),
+        }
+    }
+    fn w_len(&self) -> usize {
+        match self {
+            Conv::Pointwise { c, o, .. } => o * c,
+            Conv::Depthwise(g) => g.w_len(),
+        }
+    }
+    /// The BatchNorm's view of the output: `N`, channels, plane size.
+    fn bn(&self) -> Dims {
+        match self {
+            &Conv::Pointwise { n, o, p, .. } => Dims { n, c: o, plane: p },
+            Conv::Depthwise(g) => {
+                let (n, c, ho, wo) = g.out_dims();
+                Dims {
+                    n,
+                    c,
+                    plane: ho * wo,
+                }
+            }
+        }
+    }
+
+    fn forward(&self, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            &Conv::Pointwise { n, c, o, p } => {
+                let mut z = vec![0f32; n * o * p];
+                for (zn, xn) in z.chunks_exact_mut(o * p).zip(x.chunks_exact(c * p)) {
+                    matmul(zn, (o, p, c), w, (c, 1), xn, (p, 1), false)?;
+                }
+                Ok(z)
+            }
+            Conv::Depthwise(g) => {
+                let mut z = vec![0f32; g.out_len()];
+                g.forward_into(x, w, &mut z)?;
+                Ok(z)
+            }
+        }
+    }
+
+    /// Writes `dx` and `dw` (zeroed by the caller) from the output gradient `dz`.
+    fn backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        dz: &[f32],
+        dx: &mut [f32],
+        dw: &mut [f32],
+    ) -> Result<()> {
+        match self {
+            &Conv::Pointwise { c, o, p, .. } => {
+                if p > 0 {
+                    for (dxn, dzn) in dx.chunks_exact_mut(c * p).zip(dz.chunks_exact(o * p)) {
+                        // Wᵀ[c, o] = w[o·C + c]: row stride 1, column stride C.
+                        matmul(dxn, (c, p, o), w, (1, c), dzn, (p, 1), false)?;
+                    }
+                    let pairs = x.chunks_exact(c * p).zip(dz.chunks_exact(o * p));
+                    for (i, (xn, dzn)) in pairs.enumerate() {
+                        // Xₙᵀ[hw, c] = x[c·P + hw]: row stride 1, column stride P.
+                        matmul(dw, (o, c, p), dzn, (p, 1), xn, (1, p), i > 0)?;
+                    }
+                }
+                Ok(())
+            }
+            Conv::Depthwise(g) => g.backward_into(x, w, dz, dx, dw),
+        }
+    }
+}
+
+fn lock(saved: &Mutex<Saved>) -> Result<std::sync::MutexGuard<'_, Saved>> {
+    saved
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("conv1x1_bn_train: state lock poisoned".into()))
+}
+
+/// `(x, w, [gamma | beta]) -> y`, keeping `z`, the statistics and `gamma` in `saved`.
+struct ConvBnForward {
+    conv: Conv,
+    /// Output dims `[N, O, Ho, Wo]`.
+    out: (usize, usize, usize, usize),
+    eps: f64,
+    act: Option<Act>,
+    saved: Arc<Mutex<Saved>>,
+}
+
+impl CustomOp3 for ConvBnForward {
+    fn name(&self) -> &'static str {
+        "conv1x1_bn_train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name(), "input")?;
+        let w = slice_f32(s2, l2, self.name(), "weight")?;
+        let gb = slice_f32(s3, l3, self.name(), "BatchNorm weight and bias")?;
+        let d = self.conv.bn();
+        if x.len() != self.conv.x_len() || w.len() != self.conv.w_len() || gb.len() != 2 * d.c {
+            bail!("{}: operand sizes do not match", self.name())
+        }
+        let z = self.conv.forward(x, w)?;
+        let (gamma, beta) = gb.split_at(d.c);
+        let (y, stats) = forward_core(&z, gamma, beta, d, self.eps, self.act);
+        *lock(&self.saved)? = Saved {
+            z,
+            stats,
+            gamma: gamma.to_vec(),
+        };
+        Ok((CpuStorage::F32(y), Shape::from(self.out)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _gb: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let packed = x.apply_op3_no_bwd(
+            w,
+            &grad,
+            &ConvBnBackward {
+                conv: self.conv.clone(),
+                act: self.act,
+                saved: self.saved.clone(),
+            },
+        )?;
+        let (nx, nw, o) = (self.conv.x_len(), self.conv.w_len(), self.conv.bn().c);
+        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
+        let dgb = packed.narrow(0, nx + nw, 2 * o)?;
+        Ok((Some(dx), Some(dw), Some(dgb)))
+    }
+}
+
+/// `(x, w, dy) -> [dx | dw | dgamma (O) | dbeta (O)]`, flat.
+struct ConvBnBackward {
+    conv: Conv,
+    act: Option<Act>,
+    saved: Arc<Mutex<Saved>>,
+}
+
+impl CustomOp3 for ConvBnBackward {
+    fn name(&self) -> &'static str {
+        "conv1x1_bn_train_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name(), "input")?;
+        let w = slice_f32(s2, l2, self.name(), "weight")?;
+        let dy = slice_f32(s3, l3, self.name(), "output gradient")?;
+        let d = self.conv.bn();
+        let (nx, nw, nz) = (self.conv.x_len(), self.conv.w_len(), d.n * d.c * d.plane);
+        let saved = lock(&self.saved)?;
+        if x.len() != nx || w.len() != nw || saved.z.len() != nz || dy.len() != nz {
+            bail!(
+                "{}: saved state or gradient do not match the input",
+                self.name()
+            )
+        }
+        let mut dz = vec![0f32; nz];
+        let mut out = vec![0f32; nx + nw + 2 * d.c];
+        let (dx, rest) = out.split_at_mut(nx);
+        let (dw, dgb) = rest.split_at_mut(nw);
+        let (dgamma, dbeta) = dgb.split_at_mut(d.c);
+        backward_core(
+            &saved.z,
+            dy,
+            &saved.gamma,
+            &saved.stats,
+            d,
+            self.act,
+            &mut dz,
+            dgamma,
+            dbeta,
+        );
+        self.conv.backward(x, w, &dz, dx, dw)?;
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// The 1×1 convolution of `x` by `w`, checked.
+fn pointwise(x: &Tensor, w: &Tensor, op: &str) -> Result<Conv> {
+    let (n, c, h, wd) = dims4(x, op, "input")?;
+    let (o, wc, kh, kw) = dims4(w, op, "weight")?;
+    if (kh, kw) != (1, 1) {
+        bail!("{op}: weight must be [O, C, 1, 1], got {:?}", w.dims())
+    }
+    if wc != c {
+        bail!("{op}: weight has {wc} input channels, input has {c}")
+    }
+    Ok(Conv::Pointwise { n, c, o, p: h * wd })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_bn_train(
+    conv: Conv,
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Option<Act>,
+    op: &str,
+) -> Result<BatchNormTrainOutput> {
+    if eps.is_nan() || eps < 0.0 {
+        bail!("{op}: eps must be >= 0, got {eps}")
+    }
+    let bn = conv.bn();
+    let out = match &conv {
+        Conv::Pointwise { .. } => {
+            let (_, _, h, wd) = dims4(x, op, "input")?;
+            (bn.n, bn.c, h, wd)
+        }
+        Conv::Depthwise(g) => g.out_dims(),
+    };
+    // The BatchNorm checks (shapes of gamma / beta, more than one value per channel) on the
+    // convolution's output shape.
+    let d = check_dims(out, gamma, beta, op)?;
+    let x = f32_contiguous(x, op, "input")?;
+    let w = f32_contiguous(w, op, "weight")?;
+    let gb = Tensor::cat(
+        &[
+            &f32_contiguous(gamma, op, "BatchNorm weight")?,
+            &f32_contiguous(beta, op, "BatchNorm bias")?,
+        ],
+        0,
+    )?;
+    let saved = Arc::new(Mutex::new(Saved::default()));
+    let y = x.apply_op3(
+        &w,
+        &gb,
+        ConvBnForward {
+            conv,
+            out,
+            eps,
+            act,
+            saved: saved.clone(),
+        },
+    )?;
+    let st = lock(&saved)?;
+    BatchNormTrainOutput::from_stats(y, &st.stats.mean, &st.stats.var, d)
+}
+
+fn act_of(act: Option<(f32, f32)>, op: &str) -> Result<Option<Act>> {
+    act.map(|(min, max)| Act::new(min, max, op)).transpose()
+}
+
+/// Depthwise convolution (`groups = C`, no bias; `stride`, `padding`, `dilation` as in
+/// [`depthwise_conv2d_dilated`](super::depthwise_conv2d_dilated)) then train-mode BatchNorm2d
+/// and, with `act = Some((min, max))`, `clamp(·, min, max)` (ReLU6: `(0, 6)`), as one op: `x`
+/// NCHW `[N, C, H, W]` f32, `w` `[C, 1, KH, KW]`, `gamma` / `beta` `[C]`. Values and gradients
+/// equal `depthwise_conv2d_dilated` then
+/// [`batch_norm_act_train`](super::batch_norm_act_train) (or `batch_norm_train`). Errors as
+/// those two do.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_bn_act_train(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    (stride, padding, dilation): (usize, usize, usize),
+    act: Option<(f32, f32)>,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "depthwise_bn_act_train";
+    let g = DwGeom::new(x.dims(), w.dims(), stride, padding, dilation)?;
+    let act = act_of(act, OP)?;
+    conv_bn_train(Conv::Depthwise(g), x, w, gamma, beta, eps, act, OP)
+}
+
+/// [`depthwise_bn_act_train`] as candle ops:
+/// [`depthwise_conv2d_slow`](super::depthwise_conv2d_slow), then
+/// [`batch_norm_train_slow`](super::batch_norm_train_slow) and
+/// [`clamp_slow`](super::clamp_slow) (the reference for tests).
+pub fn depthwise_bn_act_train_slow(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    (stride, padding, dilation): (usize, usize, usize),
+    act: Option<(f32, f32)>,
+) -> Result<BatchNormTrainOutput> {
+    let z = super::depthwise_conv2d_slow(x, w, None, stride, padding, dilation)?;
+    match act {
+        None => super::batch_norm_train_slow(&z, gamma, beta, eps),
+        Some((min, max)) => super::batch_norm_act_train_slow(&z, gamma, beta, eps, min, max),
+    }
+}
+
+/// 1×1 convolution (groups 1, stride 1, no padding, no bias) then train-mode BatchNorm2d with
+/// batch statistics, as one op: `x` NCHW `[N, C, H, W]` f32, `w` `[O, C, 1, 1]`, `gamma` /
+/// `beta` `[O]`. Returns what [`batch_norm_train`](super::batch_norm_train) returns for the
+/// convolution's output; values and gradients (for `x`, `w`, `gamma`, `beta`) equal
+/// [`conv1x1`](super::conv1x1) then `batch_norm_train`. Errors on wrong ranks or shapes, a
+/// kernel that is not 1×1, a channel mismatch, a single value per channel, a negative / NaN
+/// `eps`, non-f32 or non-CPU tensors.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let x = Tensor::arange(0f32, 16.0, &Device::Cpu)?.reshape((2, 2, 2, 2))?;
+/// let w = Tensor::ones((3, 2, 1, 1), DType::F32, &Device::Cpu)?;
+/// let (g, b) = (Tensor::ones(3, DType::F32, &Device::Cpu)?, Tensor::zeros(3, DType::F32, &Device::Cpu)?);
+/// let o = qat_graph::ops::conv1x1_bn_train(&x, &w, &g, &b, 1e-5)?;
+/// assert_eq!(o.y.dims(), &[2, 3, 2, 2]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn conv1x1_bn_train(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "conv1x1_bn_train";
+    conv_bn_train(pointwise(x, w, OP)?, x, w, gamma, beta, eps, None, OP)
+}
+
+/// [`conv1x1_bn_train`] followed by `clamp(·, min, max)` (ReLU: `0, +inf`; ReLU6: `0, 6`)
+/// with PyTorch's activation gradient, as [`batch_norm_act_train`](super::batch_norm_act_train)
+/// does it. Errors as [`conv1x1_bn_train`], and on `min > max` or NaN bounds.
+pub fn conv1x1_bn_act_train(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    min: f32,
+    max: f32,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "conv1x1_bn_act_train";
+    let conv = pointwise(x, w, OP)?;
+    conv_bn_train(
+        conv,
+        x,
+        w,
+        gamma,
+        beta,
+        eps,
+        Some(Act::new(min, max, OP)?),
+        OP,
+    )
+}
+
+/// [`conv1x1_bn_train`] / [`conv1x1_bn_act_train`] (`act = Some((min, max))`) as candle ops:
+/// [`conv1x1_slow`](super::conv1x1_slow), then
+/// [`batch_norm_train_slow`](super::batch_norm_train_slow) and
+/// [`clamp_slow`](super::clamp_slow) (the reference for tests).
+pub fn conv1x1_bn_act_train_slow(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Option<(f32, f32)>,
+) -> Result<BatchNormTrainOutput> {
+    let z = super::conv1x1_slow(x, w, None, 1)?;
+    match act {
+        None => super::batch_norm_train_slow(&z, gamma, beta, eps),
+        Some((min, max)) => super::batch_norm_act_train_slow(&z, gamma, beta, eps, min, max),
+    }
+}

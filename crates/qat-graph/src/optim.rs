@@ -5,6 +5,8 @@
 //! `d = g (+ wd·p when coupled)`; first step `b = d`, later `b = μ·b + (1 − τ)·d`;
 //! Nesterov `d = d + μ·b`, else `d = b`; `p = p − lr·d`. Decoupled weight decay (SGDW)
 //! instead shrinks the weight first: `p = p·(1 − lr·wd)`, leaving the gradient alone.
+//! With `max_grad_norm`, every gradient is first scaled by `min(1, max / (‖g‖ + 1e-6))`, `‖g‖`
+//! the L2 norm over all parameters together (PyTorch's `clip_grad_norm_`).
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -44,6 +46,10 @@ pub struct SgdConfig {
     pub nesterov: bool,
     /// Applied to conv / linear weights only.
     pub weight_decay: WeightDecay,
+    /// Clip the global gradient norm to this (before weight decay); `None`: no clipping.
+    /// QAT with frozen BatchNorm wants it: without batch statistics the gradients of the
+    /// early layers grow several-fold, and an unclipped step can throw the model off.
+    pub max_grad_norm: Option<f64>,
 }
 
 impl Default for SgdConfig {
@@ -54,6 +60,7 @@ impl Default for SgdConfig {
             dampening: 0.0,
             nesterov: false,
             weight_decay: WeightDecay::None,
+            max_grad_norm: None,
         }
     }
 }
@@ -68,6 +75,7 @@ struct Slot {
 pub struct Sgd {
     cfg: SgdConfig,
     slots: Vec<Slot>,
+    last_grad_norm: Option<f64>,
 }
 
 impl Sgd {
@@ -84,6 +92,13 @@ impl Sgd {
                 "SGD: lr, momentum, dampening and weight decay must be >= 0 ({cfg:?})"
             )));
         }
+        if let Some(m) = cfg.max_grad_norm {
+            if !(m > 0.0 && m.is_finite()) {
+                return Err(GraphError::Invalid(format!(
+                    "SGD: max_grad_norm must be a positive finite number, got {m}"
+                )));
+            }
+        }
         if cfg.nesterov && (cfg.momentum <= 0.0 || cfg.dampening != 0.0) {
             return Err(GraphError::Invalid(
                 "SGD: Nesterov momentum requires a momentum and zero dampening".into(),
@@ -97,7 +112,11 @@ impl Sgd {
                 buf: None,
             })
             .collect();
-        Ok(Sgd { cfg, slots })
+        Ok(Sgd {
+            cfg,
+            slots,
+            last_grad_norm: None,
+        })
     }
 
     /// The current learning rate.
@@ -109,16 +128,52 @@ impl Sgd {
         self.cfg.lr = lr;
     }
 
+    /// The global gradient norm of the last step, before clipping (computed only when
+    /// `max_grad_norm` is set).
+    pub fn last_grad_norm(&self) -> Option<f64> {
+        self.last_grad_norm
+    }
+
+    /// The factor `max_grad_norm` scales this step's gradients by (1 without clipping).
+    fn clip_factor(&mut self, grads: &GradStore) -> Result<f64> {
+        let Some(max) = self.cfg.max_grad_norm else {
+            return Ok(1.0);
+        };
+        let mut sq = 0f64;
+        for s in &self.slots {
+            if let Some(g) = grads.get(s.var.as_tensor()) {
+                sq += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        let norm = sq.sqrt();
+        self.last_grad_norm = Some(norm);
+        if !norm.is_finite() {
+            return Err(GraphError::Invalid(format!(
+                "SGD: the gradient norm is {norm} (a NaN or Inf gradient); not stepping"
+            )));
+        }
+        Ok((max / (norm + 1e-6)).min(1.0))
+    }
+
     /// One update from the gradients in `grads`; parameters without a gradient are skipped
     /// (their momentum is not advanced), as in PyTorch.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let clip = self.clip_factor(grads)?;
         let c = self.cfg;
         for s in &mut self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else {
                 continue;
             };
             let p = s.var.as_tensor().detach();
-            let mut d = g.detach();
+            let mut d = if clip < 1.0 {
+                (g.detach() * clip)?
+            } else {
+                g.detach()
+            };
             let mut p_new = p.clone();
             match c.weight_decay {
                 WeightDecay::Coupled(wd) if s.decays && wd != 0.0 => d = (d + (&p * wd)?)?,

@@ -273,3 +273,89 @@ fn sgd_trains_a_small_graph_deterministically() {
     assert!(a[39] < 0.5 * a[0], "loss {} -> {}", a[0], a[39]);
     assert_eq!(a, train(), "same seed, same training run");
 }
+
+#[test]
+fn grad_norm_clipping_matches_hand_steps() {
+    // grad = c = [0.5, 1.0], ‖g‖ = √1.25. Clipped to 0.5: g · 0.5 / (√1.25 + 1e-6).
+    let norm = 1.25f64.sqrt();
+    let k = 0.5 / (norm + 1e-6);
+    let cfg = SgdConfig {
+        lr: 0.1,
+        max_grad_norm: Some(0.5),
+        ..Default::default()
+    };
+    close(
+        &run(cfg, ParamKind::ConvWeight, 1),
+        &[1.0 - 0.1 * 0.5 * k, -2.0 - 0.1 * 1.0 * k],
+    );
+    // Weight decay is added after clipping (PyTorch: clip_grad_norm_, then SGD.step).
+    let cfg = SgdConfig {
+        weight_decay: WeightDecay::Coupled(0.01),
+        ..cfg
+    };
+    close(
+        &run(cfg, ParamKind::ConvWeight, 1),
+        &[
+            1.0 - 0.1 * (0.5 * k + 0.01 * 1.0),
+            -2.0 - 0.1 * (1.0 * k + 0.01 * -2.0),
+        ],
+    );
+    // A norm below the limit leaves the step alone.
+    let cfg = SgdConfig {
+        lr: 0.1,
+        max_grad_norm: Some(2.0),
+        ..Default::default()
+    };
+    close(
+        &run(cfg, ParamKind::ConvWeight, 1),
+        &[1.0 - 0.05, -2.0 - 0.1],
+    );
+    // The norm is over all parameters together, and reported.
+    let a = Var::new(&[3.0f32], &CPU).unwrap();
+    let b = Var::new(&[4.0f32], &CPU).unwrap();
+    let mut opt = Sgd::new(
+        vec![
+            ("a".into(), a.clone(), ParamKind::Bias),
+            ("b".into(), b.clone(), ParamKind::Bias),
+        ],
+        SgdConfig {
+            lr: 1.0,
+            max_grad_norm: Some(1.0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // loss = (a² + b²) / 2: grad = [3, 4], norm 5 → step [0.6, 0.8].
+    let loss = ((a.as_tensor().sqr().unwrap() + b.as_tensor().sqr().unwrap()).unwrap() * 0.5)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    opt.backward_step(&loss).unwrap();
+    assert!((opt.last_grad_norm().unwrap() - 5.0).abs() < 1e-6);
+    let k = 1.0 / (5.0 + 1e-6);
+    close(&v(&a), &[3.0 - 3.0 * k]);
+    close(&v(&b), &[4.0 - 4.0 * k]);
+    // Bad limits and a NaN gradient are errors, not silent steps.
+    for m in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let cfg = SgdConfig {
+            max_grad_norm: Some(m),
+            ..Default::default()
+        };
+        let e = Sgd::new(vec![("a".into(), a.clone(), ParamKind::Bias)], cfg)
+            .err()
+            .expect("rejected")
+            .to_string();
+        assert!(e.contains("max_grad_norm"), "{e}");
+    }
+    let mut opt = Sgd::new(
+        vec![("a".into(), a.clone(), ParamKind::Bias)],
+        SgdConfig {
+            max_grad_norm: Some(1.0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let loss = (a.as_tensor() * f64::NAN).unwrap().sum_all().unwrap();
+    let e = opt.backward_step(&loss).unwrap_err().to_string();
+    assert!(e.contains("gradient norm"), "{e}");
+}

@@ -17,6 +17,8 @@ use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use mobilenet_v2::pipeline as env;
+
 /// Arguments of `qat-bench all`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -186,18 +188,6 @@ fn with_ort(lines: &[Map<String, Value>]) -> Vec<Map<String, Value>> {
         .collect()
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown (no /proc/cpuinfo model name)".into())
-}
-
 /// Version of `package` in the workspace's Cargo.lock (as built).
 fn locked_version(package: &str) -> String {
     const LOCK: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock"));
@@ -218,27 +208,10 @@ fn rustc_version() -> String {
         .unwrap_or_else(|| "unknown (rustc not on PATH)".into())
 }
 
-/// `YYYY-MM-DD hh:mm UTC` from the system clock (civil-from-days, proleptic Gregorian).
+/// `YYYY-MM-DD hh:mm UTC` from the system clock.
 fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    let (y, m, d, hh, mm, _) = env::utc_civil(env::unix_now());
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC")
 }
 
 fn header(out: &mut String, args: &Args) {
@@ -249,7 +222,7 @@ fn header(out: &mut String, args: &Args) {
     let _ = writeln!(out, "# qat-bench all\n");
     let _ = writeln!(out, "| | |\n|---|---|");
     let _ = writeln!(out, "| date | {} |", utc_now());
-    let _ = writeln!(out, "| CPU | {} |", cpu_model());
+    let _ = writeln!(out, "| CPU | {} |", env::cpu_model());
     let _ = writeln!(
         out,
         "| cores visible | {} |",

@@ -48,6 +48,9 @@ struct Args {
     /// Fraction of the QAT steps after which the observers stop.
     #[arg(long)]
     observers_off_at: Option<f64>,
+    /// Clip the QAT gradients' global norm to this (0: no clipping).
+    #[arg(long)]
+    qat_max_grad_norm: Option<f64>,
     /// Batches of training images for PTQ calibration.
     #[arg(long)]
     calibration_batches: Option<usize>,
@@ -98,6 +101,9 @@ fn config(a: &Args) -> Result<PipelineConfig, pipeline::PipelineError> {
     }
     c.freeze_bn_at = a.freeze_bn_at.unwrap_or(c.freeze_bn_at);
     c.observers_off_at = a.observers_off_at.unwrap_or(c.observers_off_at);
+    if let Some(m) = a.qat_max_grad_norm {
+        c.qat_max_grad_norm = (m != 0.0).then_some(m);
+    }
     c.calibration_batches = a.calibration_batches.unwrap_or(c.calibration_batches);
     c.train_images = a.train_images.map_or(c.train_images, limit);
     c.test_images = a.test_images.map_or(c.test_images, limit);

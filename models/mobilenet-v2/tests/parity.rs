@@ -120,6 +120,7 @@ fn small_mobilenet_v2_fashion_mnist_parity() {
                 dampening: 0.0,
                 nesterov: true,
                 weight_decay: WeightDecay::Decoupled(4e-5),
+                max_grad_norm: None,
             },
         )
         .unwrap()

@@ -319,6 +319,15 @@ fn pipeline_bad_settings_are_errors() {
         },
         "freeze-bn-at",
     );
+    for m in [0.0, -1.0, f64::NAN] {
+        bad(
+            PipelineConfig {
+                qat_max_grad_norm: Some(m),
+                ..base.clone()
+            },
+            "qat-max-grad-norm",
+        );
+    }
     bad(
         PipelineConfig {
             train_images: Some(3),

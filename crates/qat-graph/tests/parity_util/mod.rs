@@ -101,6 +101,7 @@ fn sgd(params: Vec<(String, candle_core::Var, qat_graph::ParamKind)>) -> Sgd {
             dampening: 0.0,
             nesterov: true,
             weight_decay: WeightDecay::Decoupled(1e-4),
+            max_grad_norm: None,
         },
     )
     .unwrap()

@@ -26,7 +26,8 @@ pub struct Environment {
 /// The workspace pins candle with `=0.11.1`.
 const CANDLE_VERSION: &str = "0.11.1";
 
-fn cpu_model() -> String {
+/// `model name` from `/proc/cpuinfo`, or `unknown`.
+pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -68,11 +69,11 @@ pub fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// `YYYY-MM-DDTHH-MM-SSZ` (file-name safe) for a UNIX time in seconds.
-pub fn utc_stamp(secs: u64) -> String {
+/// A UNIX time in seconds as UTC `(year, month, day, hour, minute, second)`.
+pub fn utc_civil(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    // Howard Hinnant's civil-from-days.
+    // Howard Hinnant's civil-from-days (proleptic Gregorian).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -82,20 +83,25 @@ pub fn utc_stamp(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}-{:02}-{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Seconds since the UNIX epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `YYYY-MM-DDTHH-MM-SSZ` (file-name safe) for a UNIX time in seconds.
+pub fn utc_stamp(secs: u64) -> String {
+    let (y, m, d, hh, mm, ss) = utc_civil(secs);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}-{mm:02}-{ss:02}Z")
 }
 
 /// [`utc_stamp`] of now.
 pub fn now_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    utc_stamp(secs)
+    utc_stamp(unix_now())
 }
 
 #[cfg(test)]

@@ -64,6 +64,7 @@ pub fn run_qat(
                 momentum: cfg.momentum,
                 nesterov: cfg.momentum > 0.0,
                 weight_decay: WeightDecay::Coupled(cfg.weight_decay),
+                max_grad_norm: cfg.qat_max_grad_norm,
                 ..SgdConfig::default()
             },
             progress: cfg.progress,

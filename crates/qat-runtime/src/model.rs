@@ -244,9 +244,11 @@ impl QuantizedModel {
                         "elementwise_{}",
                         qat_kernels::elementwise::QuantizedAdd::kernel_isa(self.isa)
                     ),
-                    Kernel::Quantize(_) | Kernel::Dequantize(_) | Kernel::Pool { .. } => {
-                        format!("elementwise_{ew}")
-                    }
+                    Kernel::Pool { .. } => format!(
+                        "elementwise_{}",
+                        qat_kernels::elementwise::pool_kernel_isa(self.isa)
+                    ),
+                    Kernel::Quantize(_) | Kernel::Dequantize(_) => format!("elementwise_{ew}"),
                     Kernel::Flatten => "none".into(),
                     _ => "f32_scalar".into(),
                 };

@@ -4,10 +4,10 @@
 //! Each op has a scalar reference that calls the normative qat-core formula per element
 //! ([`qat_core::quantized_add`], [`qat_core::global_avg_pool`], [`qat_core::quantize_with_inv`],
 //! [`qat_core::dequantize`]) and SIMD paths that repeat the same IEEE-754 operations lane-wise,
-//! so every path is bit-identical. Pool, quantize and dequantize are memory-bound: 8 lanes
-//! already saturate the load ports, so the AVX-512 ISA runs their AVX2 kernels (reported as
-//! [`Isa::Avx2`]). The add does enough arithmetic per byte to gain from 16 lanes: it has an
-//! AVX-512 kernel ([`QuantizedAdd::run`] reports [`Isa::Avx512Vnni`]).
+//! so every path is bit-identical. Quantize and dequantize are memory-bound: 8 lanes already
+//! saturate the load ports, so the AVX-512 ISA runs their AVX2 kernels (reported as
+//! [`Isa::Avx2`]). The add and the pool do enough instructions per byte to gain from AVX-512:
+//! they have kernels of their own ([`QuantizedAdd::kernel_isa`], [`pool_kernel_isa`]).
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -18,7 +18,7 @@ mod quantize;
 mod x86_64;
 
 pub use add::QuantizedAdd;
-pub use pool::{global_avg_pool, global_avg_pool_with_scratch, pool_scratch_len};
+pub use pool::{global_avg_pool, global_avg_pool_with_scratch, pool_kernel_isa, pool_scratch_len};
 pub use quantize::{dequantize_u8, quantize_u8};
 
 use crate::Isa;

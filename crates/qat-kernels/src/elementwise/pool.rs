@@ -97,9 +97,24 @@ pub fn global_avg_pool_with_scratch(
             got: scratch.len(),
         });
     }
-    let kernel = kernel_isa(isa);
+    let kernel = pool_kernel_isa(isa);
     let one = |x: &[u8], y: &mut [u8], sums: &mut [i32]| {
         channel_sums(x, c, sums, kernel);
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Isa::Avx512Vnni {
+            // SAFETY: AVX-512 checked by `check_isa`; `y` and `sums` both hold `c`.
+            unsafe {
+                super::x86_64::pool_requant_avx512(
+                    sums,
+                    area,
+                    input_q.zero_point,
+                    mult,
+                    output_q.zero_point,
+                    y,
+                )
+            };
+            return;
+        }
         for (y, &s) in y.iter_mut().zip(sums.iter()) {
             *y = qat_core::global_avg_pool(
                 s,
@@ -131,8 +146,21 @@ pub fn global_avg_pool_with_scratch(
 }
 
 /// Per-channel sums of `x` (`pixels × c`) into `sums` (`c`).
+/// The kernel family the pool runs for `isa`: the element-wise family, except AVX-512, whose
+/// u16 channel sums take a quarter of the AVX2 kernel's instructions.
+pub fn pool_kernel_isa(isa: Isa) -> Isa {
+    match isa {
+        Isa::Avx512Vnni => Isa::Avx512Vnni,
+        _ => kernel_isa(isa),
+    }
+}
+
 fn channel_sums(x: &[u8], c: usize, sums: &mut [i32], kernel: Isa) {
     match kernel {
+        // SAFETY: AVX-512F/BW are implied by the supported AVX-512 VNNI ISA (checked by the
+        // caller); `x.len()` is a multiple of `c` and `sums` holds `c`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { super::x86_64::channel_sums_avx512(x, c, sums) },
         // SAFETY: the AVX2 family is only chosen for a supported ISA that implies AVX2;
         // `x.len()` is a multiple of `c` and `sums` holds `c`.
         #[cfg(target_arch = "x86_64")]

@@ -1,4 +1,4 @@
-//! AVX2 element-wise kernels, 8 lanes per step (the add also in an AVX-512 form, 16 lanes); each repeats its qat-core formula's IEEE-754
+//! AVX2 element-wise kernels, 8 lanes per step (the add and the pool also in AVX-512 forms); each repeats its qat-core formula's IEEE-754
 //! operations in the same order (no FMA; `cvtps2dq` rounds half to even under the default
 //! MXCSR; `maxps(v, lo)` returns `lo` for a NaN `v`, as `f32::max` does). Tails (< 8 elements)
 //! go through the scalar reference, which is the same formula.
@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 use super::add::QuantizedAdd;
 use super::pool::channel_sums_tail;
 use super::quantize::{dequantize_reference, quantize_reference};
-use crate::x86_64::requant::narrow_u8_avx2;
+use crate::x86_64::requant::{narrow_u8_avx2, requant_avx512};
 use qat_core::QParams;
 
 /// 8 bytes zero-extended to i32 lanes.
@@ -99,6 +99,90 @@ pub(super) unsafe fn add_avx512(q: &QuantizedAdd, a: &[u8], b: &[u8], out: &mut 
         i += 16;
     }
     q.reference(&a[body..], &b[body..], &mut out[body..]);
+}
+
+/// Pixels whose u8 values a u16 lane can sum without overflow (`257 · 255 = 65535`).
+const U16_PIXELS: usize = 257;
+
+/// Per-channel sums of `x` (`pixels × c`) into `sums` (`c`), 32 channels per zmm: bytes are
+/// widened to u16 and summed in u16 over runs of at most [`U16_PIXELS`] pixels (exact), each
+/// run then added to the i32 sums.
+///
+/// # Safety
+/// AVX-512F/BW must be supported; `x.len()` must be a multiple of `c` and `sums.len() == c`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn channel_sums_avx512(x: &[u8], c: usize, sums: &mut [i32]) {
+    let pixels = x.len() / c;
+    let body = c - c % 32;
+    let mut cb = 0;
+    while cb < body {
+        let mut lo = _mm512_setzero_si512();
+        let mut hi = _mm512_setzero_si512();
+        let mut p0 = 0;
+        while p0 < pixels {
+            let p1 = (p0 + U16_PIXELS).min(pixels);
+            // Two accumulators over alternate pixels keep the add chain short.
+            let mut acc = [_mm512_setzero_si512(); 2];
+            for p in p0..p1 {
+                // SAFETY: pixel `p < pixels`, channels `cb..cb + 32` with `cb + 32 <= c`.
+                let v = unsafe { _mm256_loadu_si256(x.as_ptr().add(p * c + cb).cast()) };
+                acc[p % 2] = _mm512_add_epi16(acc[p % 2], _mm512_cvtepu8_epi16(v));
+            }
+            // Each accumulator holds at most 129 pixels (≤ 32 895 < 2^15 per u16 lane) and
+            // their u16 sum at most 65 535: widen both to i32 before adding.
+            let sum16 = _mm512_add_epi16(acc[0], acc[1]);
+            lo = _mm512_add_epi32(lo, _mm512_cvtepu16_epi32(_mm512_castsi512_si256(sum16)));
+            hi = _mm512_add_epi32(
+                hi,
+                _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(sum16)),
+            );
+            p0 = p1;
+        }
+        // SAFETY: `sums[cb..cb + 32]` is inside `sums` (`cb + 32 <= c`).
+        unsafe {
+            _mm512_storeu_si512(sums.as_mut_ptr().add(cb).cast(), lo);
+            _mm512_storeu_si512(sums.as_mut_ptr().add(cb + 16).cast(), hi);
+        }
+        cb += 32;
+    }
+    channel_sums_tail(x, c, body, sums);
+}
+
+/// `out[i] = qat_core::global_avg_pool(sums[i], count, in_zp, mult, out_zp, 0, 255)`, 16
+/// lanes per step through [`requant_avx512`] (the same IEEE-754 sequence); the tail through
+/// the scalar definition.
+///
+/// # Safety
+/// AVX-512F must be supported; `out.len() <= sums.len()`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn pool_requant_avx512(
+    sums: &[i32],
+    count: usize,
+    in_zp: i32,
+    mult: f32,
+    out_zp: i32,
+    out: &mut [u8],
+) {
+    let n = out.len();
+    let body = n - n % 16;
+    let sub = _mm512_set1_epi32((count as i32).wrapping_mul(in_zp));
+    let m = _mm512_set1_ps(mult);
+    let zp = _mm512_set1_epi32(out_zp);
+    let lo = _mm512_set1_ps(-out_zp as f32);
+    let hi = _mm512_set1_ps((255 - out_zp) as f32);
+    let mut i = 0;
+    while i < body {
+        // SAFETY: `i + 16 <= body <= n <= sums.len()`.
+        unsafe {
+            let acc = _mm512_sub_epi32(_mm512_loadu_si512(sums.as_ptr().add(i).cast()), sub);
+            let q = requant_avx512(acc, m, zp, lo, hi);
+            _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi8(q));
+        }
+        i += 16;
+    }
+    for (o, &s) in out[body..].iter_mut().zip(&sums[body..]) {
+        *o = qat_core::global_avg_pool(s, count, in_zp, mult, out_zp, 0, 255) as u8;
+    }
 }
 
 /// Per-channel sums of `x` (`pixels × c`) into `sums` (`c`).

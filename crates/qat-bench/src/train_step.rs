@@ -59,7 +59,7 @@ pub struct Args {
     /// fused graph ([`GraphModule::fused`]: same parameters and math, fewer autograd nodes).
     #[arg(long)]
     unfused: bool,
-    /// Keep mimalloc's default purging of freed memory (off by default: see `mimalloc_no_purge`).
+    /// Keep mimalloc's default purging of freed memory (off by default: see `mobilenet_v2::pipeline::keep_freed_memory`).
     #[arg(long)]
     allocator_purge: bool,
     /// Learning rate (small, so random-label training stays finite).
@@ -147,22 +147,6 @@ fn process_cpu_seconds() -> f64 {
         return f64::NAN;
     }
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
-/// Turn off mimalloc's purging of freed memory (returning it to the OS after a delay): a
-/// training step frees and reallocates ~400 MB of activations, and with purging on the kernel
-/// re-zeroes those pages every step (page faults were a third of the samples). The PyTorch
-/// reference in MEASURED.md ran with jemalloc purging off, the same steady state.
-fn mimalloc_no_purge() {
-    extern "C" {
-        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    }
-    // `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (libmimalloc-sys 0.1.49, default
-    // features); -1 means never purge.
-    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-    // SAFETY: `mi_option_set` is exported by the mimalloc library linked as the global
-    // allocator; it only stores the value in mimalloc's option table.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
 fn set_threads(threads: usize) -> anyhow::Result<()> {
@@ -308,7 +292,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     set_threads(args.threads)?;
     if !args.allocator_purge {
-        mimalloc_no_purge();
+        mobilenet_v2::pipeline::keep_freed_memory();
     }
     let cfg = MobileNetV2Config::small(1, args.size, args.width, 10);
     let mut fp32 = None;

@@ -115,24 +115,8 @@ fn config(a: &Args) -> Result<PipelineConfig, pipeline::PipelineError> {
     Ok(c)
 }
 
-/// Turn off mimalloc's purging of freed memory, as `qat-bench train-step` does: every training
-/// step frees and reallocates its activations (over 1 GB at batch 128), and with purging on the
-/// kernel faults and zeroes those pages again each step (`qat-bench train-step --batch 128`, 1
-/// thread, 5 steps: 47 585 page faults and +15% CPU per step, against 879 faults without).
-fn mimalloc_no_purge() {
-    extern "C" {
-        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    }
-    // `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (libmimalloc-sys 0.1.49, default
-    // features); -1 means never purge.
-    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-    // SAFETY: `mi_option_set` is exported by the mimalloc library linked as the global
-    // allocator above; it only stores the value in mimalloc's option table.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-}
-
 fn main() -> ExitCode {
-    mimalloc_no_purge();
+    mobilenet_v2::pipeline::keep_freed_memory();
     let args = Args::parse();
     let result = (|| {
         let threads = match &args.resume {

@@ -99,6 +99,27 @@ pub fn utc_stamp(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{hh:02}-{mm:02}-{ss:02}Z")
 }
 
+/// Turn off the purging of freed memory in mimalloc (the global allocator of our binaries:
+/// call it first thing in `main`). Every training step frees and reallocates its activations
+/// (≈ 400 MB at batch 32, over 1 GB at batch 128); with purging on, the kernel faults and
+/// re-zeroes those pages each step (`qat-bench train-step --batch 128`, 1 thread, 5 steps:
+/// 47 585 page faults and +15% CPU per step, against 879 without). The PyTorch reference in
+/// MEASURED.md ran with jemalloc purging off, the same steady state. Harmless when mimalloc is
+/// linked but not the global allocator.
+pub fn keep_freed_memory() {
+    // `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (libmimalloc-sys 0.1.49, default
+    // features, which do not export the option constants); -1 means never purge.
+    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+    extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    // Names the crate so that its C library is linked into every binary that calls this.
+    let _ = std::mem::size_of::<mimalloc::MiMalloc>();
+    // SAFETY: `mi_option_set` is exported by the mimalloc library this crate links (the
+    // `mimalloc` dependency); it only stores the value in mimalloc's option table.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 /// [`utc_stamp`] of now.
 pub fn now_stamp() -> String {
     utc_stamp(unix_now())

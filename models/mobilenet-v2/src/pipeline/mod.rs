@@ -44,7 +44,10 @@ use qat_data::{load, Augment, Dataset, Loader, LoaderConfig, Split};
 
 pub use checkpoint::{load_fp32, load_qat, save_fp32, save_qat, FP32, INT8, QAT};
 pub use config::{ptq_qconfig, PipelineConfig, QConfigPreset};
-pub use env::{cpu_model, cpu_seconds, now_stamp, unix_now, utc_civil, utc_stamp, Environment};
+pub use env::{
+    cpu_model, cpu_seconds, keep_freed_memory, now_stamp, unix_now, utc_civil, utc_stamp,
+    Environment,
+};
 pub use error::{PipelineError, Result};
 pub use eval::{agreement, evaluate, EvalResult};
 pub use histogram::{histogram, RangeHistogram};

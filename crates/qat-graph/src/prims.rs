@@ -240,6 +240,43 @@ pub(crate) fn batch_norm_train_prescaled(
     batch_norm_train(&channel_div(x, divisor, shift)?, gamma, beta, eps, path)
 }
 
+/// [`batch_norm_train_prescaled`] then the optional activation; on the fast path one op
+/// ([`crate::ops::batch_norm_act_train_prescaled`]) with the same values and gradients.
+pub(crate) fn batch_norm_act_train_prescaled(
+    x: &Tensor,
+    pre: Option<(&Tensor, Option<&Tensor>)>,
+    (gamma, beta): (&Tensor, &Tensor),
+    eps: f64,
+    act: Option<Act>,
+    path: OpsPath,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (Some(a), Some((divisor, shift))) = (act, pre) else {
+        let (y, mean, var) = batch_norm_train_prescaled(x, pre, gamma, beta, eps, path)?;
+        return Ok((apply_act(y, act, path)?, mean, var));
+    };
+    if path == OpsPath::Fast && x.device().is_cpu() && x.rank() == 4 {
+        let (lo, hi) = match a {
+            Act::ReLU => (0f32, f32::INFINITY),
+            Act::ReLU6 => (0f32, 6f32),
+        };
+        let o = crate::ops::batch_norm_act_train_prescaled(
+            x, divisor, shift, gamma, beta, eps, lo, hi,
+        )?;
+        return Ok((o.y, o.mean, o.var));
+    }
+    let (y, mean, var) = batch_norm_train_prescaled(x, pre, gamma, beta, eps, path)?;
+    Ok((apply_act(y, act, path)?, mean, var))
+}
+
+/// `x`, its ReLU or its ReLU6.
+pub(crate) fn apply_act(x: Tensor, act: Option<Act>, path: OpsPath) -> Result<Tensor> {
+    match act {
+        Some(Act::ReLU) => relu(&x, path),
+        Some(Act::ReLU6) => relu6(&x, path),
+        None => Ok(x),
+    }
+}
+
 fn channel_shape(x: &Tensor) -> Result<Vec<usize>> {
     let c = x.dim(1)?;
     Ok(match x.rank() {

@@ -169,7 +169,7 @@ fn affine_clamp_generic<const FMA: bool>(
     }
 }
 
-simd_dispatch!(fn affine_clamp = affine_clamp_generic(o: &mut [f32], x: &[f32], a: f32, b: f32, lo: f32, hi: f32));
+simd_dispatch!(pub(super) fn affine_clamp = affine_clamp_generic(o: &mut [f32], x: &[f32], a: f32, b: f32, lo: f32, hi: f32));
 
 /// The activation fused after the normalization: `clamp(z, min, max)` with PyTorch's gradient
 /// (passed only where `min < z < max`; `max = +inf` is ReLU, whose gradient `z = +inf` keeps).
@@ -189,7 +189,7 @@ impl Act {
     }
 
     #[inline(always)]
-    fn passes(&self, z: f32) -> bool {
+    pub(super) fn passes(&self, z: f32) -> bool {
         // Non-short-circuit `&` / `|`: branch-free, so the loops using it vectorize.
         (z > self.min) & ((z < self.max) | (self.max == f32::INFINITY))
     }

@@ -36,4 +36,7 @@ pub use conv_bn::{
 };
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_dilated, depthwise_conv2d_slow};
 pub use pointwise::{conv1x1, conv1x1_slow};
-pub use prescaled_bn::{batch_norm_train_prescaled, batch_norm_train_prescaled_slow};
+pub use prescaled_bn::{
+    batch_norm_act_train_prescaled, batch_norm_act_train_prescaled_slow,
+    batch_norm_train_prescaled, batch_norm_train_prescaled_slow,
+};

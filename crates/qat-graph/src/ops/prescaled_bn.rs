@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::batch_norm::{affine, check, dx_kernel, grad_sums, sq_dev, BatchNormTrainOutput, Dims};
+use super::batch_norm::{
+    affine, affine_clamp, check, dx_kernel, grad_sums, sq_dev, Act, BatchNormTrainOutput, Dims,
+};
 use super::channel::{bwd_plane, fwd_plane};
-use super::common::{f32_contiguous, slice_f32, sum, PAR_MIN_ELEMS};
+use super::common::{f32_contiguous, madd, simd_dispatch, slice_f32, sum, PAR_MIN_ELEMS};
 
 /// Per-channel statistics of `z`, saved by the forward for the backward.
 #[derive(Debug, Default)]
@@ -76,6 +78,22 @@ fn per_channel_out<T: Send>(
     }
 }
 
+/// `o = dy` where the activation passes the forward's pre-activation `a·z + b` (recomputed with
+/// the forward's rounding), else 0: the activation's backward, so that the BatchNorm backward
+/// then runs on exactly the gradient the unfused activation op would hand it.
+#[inline(always)]
+fn mask_generic<const FMA: bool>(o: &mut [f32], dy: &[f32], z: &[f32], ab: (f32, f32), act: Act) {
+    for ((o, &g), &z) in o.iter_mut().zip(dy).zip(z) {
+        *o = if act.passes(madd::<FMA>(ab.0, z, ab.1)) {
+            g
+        } else {
+            0.0
+        };
+    }
+}
+
+simd_dispatch!(fn mask = mask_generic(o: &mut [f32], dy: &[f32], z: &[f32], ab: (f32, f32), act: Act));
+
 /// The channel's `z = x / s + b` for all images (image-major) into `z`.
 fn z_channel(z: &mut [f32], x: &[f32], d: Dims, c: usize, s: &[f32], b: &[f32]) {
     for (n, zp) in z.chunks_exact_mut(d.plane.max(1)).enumerate() {
@@ -87,6 +105,8 @@ fn z_channel(z: &mut [f32], x: &[f32], d: Dims, c: usize, s: &[f32], b: &[f32]) 
 struct Forward {
     d: Dims,
     eps: f64,
+    /// The activation clamped after the affine (bounds kept for the forward's clamp).
+    act: Option<(Act, f32, f32)>,
     stats: Arc<Mutex<Stats>>,
 }
 
@@ -122,7 +142,11 @@ impl CustomOp3 for Forward {
             let var = (var / m) as f32;
             let invstd = (1.0 / (var as f64 + self.eps).sqrt()) as f32;
             let a = gamma[c] * invstd;
-            affine(yc, &z, a, beta[c] - a * mean);
+            let off = beta[c] - a * mean;
+            match self.act {
+                None => affine(yc, &z, a, off),
+                Some((_, lo, hi)) => affine_clamp(yc, &z, a, off, lo, hi),
+            }
             (mean, var, invstd)
         });
         let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
@@ -151,6 +175,7 @@ impl CustomOp3 for Forward {
             &params,
             &Backward {
                 d: self.d,
+                act: self.act.map(|a| a.0),
                 stats: self.stats.clone(),
             },
         )?;
@@ -165,6 +190,7 @@ impl CustomOp3 for Forward {
 /// `(x, dy, [γ | s | β | b]) -> [dx | dγ | ds | dβ | db]`, flat.
 struct Backward {
     d: Dims,
+    act: Option<Act>,
     stats: Arc<Mutex<Stats>>,
 }
 
@@ -198,20 +224,39 @@ impl CustomOp3 for Backward {
         }
         let (gamma, rest) = params.split_at(d.c);
         let (s, rest) = rest.split_at(d.c);
-        let b = &rest[d.c..];
+        let (beta, b) = rest.split_at(d.c);
         let m = d.count() as f64;
         let plane = |i: usize| i * d.plane..(i + 1) * d.plane;
         let mut out = vec![0f32; x.len() + 4 * d.c];
         let (dx, tail) = out.split_at_mut(x.len());
-        // Per channel: z once; Σdy and Σdy·(z − mean); then dz = k·dy + mz·z + q (the
-        // BatchNorm backward) and dx = dz / s with Σdz and Σdz·x.
+        // Per channel: z once; with an activation, dy masked by its gradient (pre-activation
+        // recomputed with the forward's coefficients) into a channel buffer; Σdy and
+        // Σdy·(z − mean); then dz = k·dy + mz·z + q (the BatchNorm backward) and dx = dz / s
+        // with Σdz and Σdz·x. The same kernels as the unfused ops, so the same rounding.
         let sums: Vec<[f64; 4]> = per_channel_out(d, dx, |c, dxc| {
             let mut z = vec![0f32; d.n * d.plane];
             z_channel(&mut z, x, d, c, s, b);
+            let mut masked = Vec::new();
+            if let Some(act) = self.act {
+                let a = gamma[c] * st.invstd[c];
+                let ab = (a, beta[c] - a * st.mean[c]);
+                masked = vec![0f32; d.n * d.plane];
+                for (n, (gm, zp)) in masked
+                    .chunks_exact_mut(d.plane.max(1))
+                    .zip(z.chunks_exact(d.plane.max(1)))
+                    .enumerate()
+                {
+                    mask(gm, &dy[plane(n * d.c + c)], zp, ab, act);
+                }
+            }
+            let dyc = |n: usize| match self.act {
+                None => &dy[plane(n * d.c + c)],
+                Some(_) => &masked[n * d.plane..(n + 1) * d.plane],
+            };
             let (mut sdy, mut sdyzc) = (0f64, 0f64);
             for (n, zp) in z.chunks_exact(d.plane.max(1)).enumerate() {
                 let mut o = (0f64, 0f64);
-                grad_sums(&dy[plane(n * d.c + c)], zp, st.mean[c], &mut o);
+                grad_sums(dyc(n), zp, st.mean[c], &mut o);
                 sdy += o.0;
                 sdyzc += o.1;
             }
@@ -227,7 +272,7 @@ impl CustomOp3 for Backward {
                 .enumerate()
             {
                 let i = n * d.c + c;
-                dx_kernel(&mut dz, &dy[plane(i)], zp, k as f32, mz as f32, q as f32);
+                dx_kernel(&mut dz, dyc(n), zp, k as f32, mz as f32, q as f32);
                 let (a, bsum) = bwd_plane(dxp, &dz, &x[plane(i)], s[c], true);
                 sdz += a;
                 sdzx += bsum;
@@ -259,21 +304,71 @@ pub fn batch_norm_train_prescaled(
     bias: &Tensor,
     eps: f64,
 ) -> Result<BatchNormTrainOutput> {
-    const OP: &str = "batch_norm_train_prescaled";
-    let d = check(x, weight, bias, OP)?;
+    prescaled(
+        x,
+        divisor,
+        shift,
+        (weight, bias),
+        eps,
+        None,
+        "batch_norm_train_prescaled",
+    )
+}
+
+/// [`batch_norm_train_prescaled`] followed by `clamp(·, min, max)` in the same pass (ReLU:
+/// `max = +inf`, ReLU6: `0, 6`), PyTorch's activation gradient (passed only where
+/// `min < y < max`) folded into the backward: the QAT Conv+BN+ReLU(6) un-scaling, BatchNorm
+/// and activation as one op and one output tensor. Values equal the unfused sequence bit for
+/// bit (the same affine, then the same clamp). Errors as [`batch_norm_train_prescaled`], and
+/// on `min > max` or NaN bounds.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let x = Tensor::new(&[[[[-1f32, 2.0]], [[5.0, 9.0]]]], &Device::Cpu)?;
+/// let (one, zero) = (Tensor::ones(2, DType::F32, &Device::Cpu)?, Tensor::zeros(2, DType::F32, &Device::Cpu)?);
+/// let o = qat_graph::ops::batch_norm_act_train_prescaled(&x, &one, None, &one, &zero, 1e-5, 0.0, 6.0)?;
+/// assert_eq!(o.y.flatten_all()?.to_vec1::<f32>()?[0], 0.0);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_act_train_prescaled(
+    x: &Tensor,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    min: f32,
+    max: f32,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "batch_norm_act_train_prescaled";
+    let act = Some((Act::new(min, max, OP)?, min, max));
+    prescaled(x, divisor, shift, (weight, bias), eps, act, OP)
+}
+
+fn prescaled(
+    x: &Tensor,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    (weight, bias): (&Tensor, &Tensor),
+    eps: f64,
+    act: Option<(Act, f32, f32)>,
+    op: &str,
+) -> Result<BatchNormTrainOutput> {
+    let d = check(x, weight, bias, op)?;
     if divisor.dims() != [d.c] || shift.is_some_and(|b| b.dims() != [d.c]) {
-        bail!("{OP}: divisor and shift must have shape [{}]", d.c)
+        bail!("{op}: divisor and shift must have shape [{}]", d.c)
     }
     if eps.is_nan() || eps < 0.0 {
-        bail!("{OP}: eps must be >= 0, got {eps}")
+        bail!("{op}: eps must be >= 0, got {eps}")
     }
-    let x = f32_contiguous(x, OP, "input")?;
+    let x = f32_contiguous(x, op, "input")?;
     let shift = match shift {
         Some(b) => b.clone(),
         None => Tensor::zeros(d.c, x.dtype(), x.device())?,
     };
-    let gs = f32_contiguous(&Tensor::cat(&[weight, divisor], 0)?, OP, "weight / divisor")?;
-    let bb = f32_contiguous(&Tensor::cat(&[bias, &shift], 0)?, OP, "bias / shift")?;
+    let gs = f32_contiguous(&Tensor::cat(&[weight, divisor], 0)?, op, "weight / divisor")?;
+    let bb = f32_contiguous(&Tensor::cat(&[bias, &shift], 0)?, op, "bias / shift")?;
     let stats = Arc::new(Mutex::new(Stats::default()));
     let y = x.apply_op3(
         &gs,
@@ -281,6 +376,7 @@ pub fn batch_norm_train_prescaled(
         Forward {
             d,
             eps,
+            act,
             stats: stats.clone(),
         },
     )?;
@@ -303,4 +399,24 @@ pub fn batch_norm_train_prescaled_slow(
 ) -> Result<BatchNormTrainOutput> {
     let z = super::channel_div_nchw_slow(x, divisor, shift)?;
     super::batch_norm_train_slow(&z, weight, bias, eps)
+}
+
+/// [`batch_norm_act_train_prescaled`] as candle ops (the reference for tests):
+/// [`batch_norm_train_prescaled_slow`] then [`clamp_slow`](super::clamp_slow).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_act_train_prescaled_slow(
+    x: &Tensor,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    min: f32,
+    max: f32,
+) -> Result<BatchNormTrainOutput> {
+    let o = batch_norm_train_prescaled_slow(x, divisor, shift, weight, bias, eps)?;
+    Ok(BatchNormTrainOutput {
+        y: super::clamp_slow(&o.y, min, max)?,
+        ..o
+    })
 }

@@ -18,7 +18,7 @@
 use candle_core::{Tensor, Var};
 
 use crate::error::{GraphError, Result};
-use crate::ir::BnCfg;
+use crate::ir::{Act, BnCfg};
 use crate::prims::{self, OpsPath};
 use crate::qat::fq::FqModule;
 
@@ -54,6 +54,34 @@ pub fn folded_bn_forward(
     weight_fq: Option<&FqModule>,
     op: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
+    folded_bn_act_forward(
+        x,
+        weight,
+        bias,
+        bn,
+        stats,
+        weight_fq,
+        None,
+        OpsPath::default(),
+        op,
+    )
+}
+
+/// [`folded_bn_forward`] then the optional activation (ReLU / ReLU6, on `path`), which the
+/// fast path computes inside the batch-statistics BatchNorm op (no activation tensor, no extra
+/// autograd node; the same values and gradients).
+#[allow(clippy::too_many_arguments)]
+pub fn folded_bn_act_forward(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    bn: &BnVars,
+    stats: BnStats,
+    weight_fq: Option<&FqModule>,
+    act: Option<Act>,
+    path: OpsPath,
+    op: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let running_std = (bn.running_var.as_detached_tensor() + bn.cfg.eps)?.sqrt()?;
     let scale_factor = bn.weight.as_tensor().div(&running_std)?;
     let scaled = prims::weight_channel_scale(weight, &scale_factor)?;
@@ -62,22 +90,24 @@ pub fn folded_bn_forward(
         None => scaled,
     };
     let y = op(x, &scaled)?;
-    batch_norm_prescaled(bn, &y, Some((&scale_factor, bias)), stats)
+    batch_norm_prescaled(bn, &y, Some((&scale_factor, bias)), stats, (act, path))
 }
 
 /// BatchNorm over axis 1 with batch or running statistics (PyTorch's train / eval rules:
 /// running variance updated with the unbiased batch variance, `num_batches_tracked` + 1).
 pub fn batch_norm(bn: &BnVars, x: &Tensor, stats: BnStats) -> Result<Tensor> {
-    batch_norm_prescaled(bn, x, None, stats)
+    batch_norm_prescaled(bn, x, None, stats, (None, OpsPath::default()))
 }
 
 /// [`batch_norm`] of `x / divisor (+ shift)` when `pre` is `(divisor, shift)` (the folded
-/// conv's un-scaling; one fused op with batch statistics on the CPU).
+/// conv's un-scaling; one fused op with batch statistics on the CPU), then `act` on its path
+/// (inside that op when the path is the default one).
 fn batch_norm_prescaled(
     bn: &BnVars,
     x: &Tensor,
     pre: Option<(&Tensor, Option<&Tensor>)>,
     stats: BnStats,
+    (act, path): (Option<Act>, OpsPath),
 ) -> Result<Tensor> {
     let eps = bn.cfg.eps;
     if stats == BnStats::Running {
@@ -88,7 +118,8 @@ fn batch_norm_prescaled(
         let rstd = (bn.running_var.as_detached_tensor() + eps)?.sqrt()?;
         let scale = bn.weight.as_tensor().div(&rstd)?;
         let shift = (bn.bias.as_tensor() - (bn.running_mean.as_detached_tensor() * &scale)?)?;
-        return Ok(prims::channel_affine(x, &scale, &shift)?);
+        let y = prims::channel_affine(x, &scale, &shift)?;
+        return Ok(prims::apply_act(y, act, path)?);
     }
     let per_channel = x.elem_count() / x.dim(1)?;
     if per_channel < 2 {
@@ -100,14 +131,15 @@ fn batch_norm_prescaled(
             ),
         ));
     }
-    let (y, mean, var) = prims::batch_norm_train_prescaled(
-        x,
-        pre,
-        bn.weight.as_tensor(),
-        bn.bias.as_tensor(),
-        eps,
-        OpsPath::default(),
-    )?;
+    let (gamma, beta) = (bn.weight.as_tensor(), bn.bias.as_tensor());
+    // The BatchNorm always runs on the default path; the activation joins it only there.
+    let (y, mean, var) = if path == OpsPath::default() {
+        prims::batch_norm_act_train_prescaled(x, pre, (gamma, beta), eps, act, path)?
+    } else {
+        let (y, mean, var) =
+            prims::batch_norm_train_prescaled(x, pre, gamma, beta, eps, OpsPath::default())?;
+        (prims::apply_act(y, act, path)?, mean, var)
+    };
     let m = bn.cfg.momentum;
     let unbias = per_channel as f64 / (per_channel - 1) as f64;
     let rm = ((bn.running_mean.as_detached_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;

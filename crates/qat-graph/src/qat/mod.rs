@@ -8,7 +8,7 @@ mod graph;
 pub mod int_exact;
 mod traced;
 
-pub use fold::{batch_norm, folded_bn_forward, BnStats, BnVars};
+pub use fold::{batch_norm, folded_bn_act_forward, folded_bn_forward, BnStats, BnVars};
 pub use fq::FqModule;
 pub use graph::{Boundary, QatGraph, QatNode};
 pub use int_exact::{IntData, IntExactPlan, IntValue};

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::common::{dims4, f32_contiguous, simd_dispatch, slice_f32, sum, PAR_MIN_ELEMS};
+use super::common::{
+    dims4, f32_contiguous, lock_state, simd_dispatch, slice_f32, sum, PAR_MIN_ELEMS,
+};
 
 /// What [`batch_norm_train`] returns.
 #[derive(Debug, Clone)]
@@ -397,10 +399,7 @@ impl CustomOp3 for BnForward {
         let gamma = slice_f32(s2, l2, self.name(), "weight")?;
         let beta = slice_f32(s3, l3, self.name(), "bias")?;
         let (y, stats) = forward_core(x, gamma, beta, self.d, self.eps, self.act);
-        *self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = stats;
+        *lock_state(&self.stats, self.name())? = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -455,10 +454,7 @@ impl CustomOp3 for BnBackward {
         let x = slice_f32(s1, l1, self.name(), "input")?;
         let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
         let gamma = slice_f32(s3, l3, self.name(), "weight")?;
-        let st = self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let st = lock_state(&self.stats, self.name())?;
         let d = self.d;
         if st.mean.len() != d.c || dy.len() != x.len() {
             bail!(
@@ -584,9 +580,7 @@ fn bn_train(
             stats: stats.clone(),
         },
     )?;
-    let st = stats
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+    let st = lock_state(&stats, op_name)?;
     BatchNormTrainOutput::from_stats(y, &st.mean, &st.var, d)
 }
 

@@ -1,7 +1,7 @@
 //! Shared plumbing for the training ops: input checks, storage access, SIMD dispatch and the
 //! vector primitives (`madd`, `dot`, `sum`) every kernel is built from.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
@@ -23,6 +23,13 @@ pub(crate) fn f32_contiguous(t: &Tensor, op: &str, what: &str) -> Result<Tensor>
         )
     }
     t.contiguous()
+}
+
+/// Locks the state a forward op leaves for its backward (batch statistics, saved inputs); a
+/// poisoned lock (a panic in another op holding it) is an error naming the op.
+pub(crate) fn lock_state<'a, T>(m: &'a Mutex<T>, op: &str) -> Result<MutexGuard<'a, T>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{op}: saved state lock poisoned")))
 }
 
 /// The four dims of an NCHW tensor, or an error naming the tensor.

@@ -18,7 +18,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use super::batch_norm::{
     backward_core, check_dims, forward_core, Act, BatchNormTrainOutput, Dims, Stats,
 };
-use super::common::{dims4, f32_contiguous, slice_f32};
+use super::common::{dims4, f32_contiguous, lock_state, slice_f32};
 use super::depthwise::Geom as DwGeom;
 use super::pointwise::matmul;
 
@@ -118,12 +118,6 @@ impl Conv {
     }
 }
 
-fn lock(saved: &Mutex<Saved>) -> Result<std::sync::MutexGuard<'_, Saved>> {
-    saved
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("conv1x1_bn_train: state lock poisoned".into()))
-}
-
 /// `(x, w, [gamma | beta]) -> y`, keeping `z`, the statistics and `gamma` in `saved`.
 struct ConvBnForward {
     conv: Conv,
@@ -158,7 +152,7 @@ impl CustomOp3 for ConvBnForward {
         let z = self.conv.forward(x, w)?;
         let (gamma, beta) = gb.split_at(d.c);
         let (y, stats) = forward_core(&z, gamma, beta, d, self.eps, self.act);
-        *lock(&self.saved)? = Saved {
+        *lock_state(&self.saved, self.name())? = Saved {
             z,
             stats,
             gamma: gamma.to_vec(),
@@ -218,7 +212,7 @@ impl CustomOp3 for ConvBnBackward {
         let dy = slice_f32(s3, l3, self.name(), "output gradient")?;
         let d = self.conv.bn();
         let (nx, nw, nz) = (self.conv.x_len(), self.conv.w_len(), d.n * d.c * d.plane);
-        let saved = lock(&self.saved)?;
+        let saved = lock_state(&self.saved, self.name())?;
         if x.len() != nx || w.len() != nw || saved.z.len() != nz || dy.len() != nz {
             bail!(
                 "{}: saved state or gradient do not match the input",
@@ -306,7 +300,7 @@ fn conv_bn_train(
             saved: saved.clone(),
         },
     )?;
-    let st = lock(&saved)?;
+    let st = lock_state(&saved, op)?;
     BatchNormTrainOutput::from_stats(y, &st.stats.mean, &st.stats.var, d)
 }
 

@@ -17,7 +17,9 @@ use super::batch_norm::{
     affine, affine_clamp, check, dx_kernel, grad_sums, sq_dev, Act, BatchNormTrainOutput, Dims,
 };
 use super::channel::{bwd_plane, fwd_plane};
-use super::common::{f32_contiguous, madd, simd_dispatch, slice_f32, sum, PAR_MIN_ELEMS};
+use super::common::{
+    f32_contiguous, lock_state, madd, simd_dispatch, slice_f32, sum, PAR_MIN_ELEMS,
+};
 
 /// Per-channel statistics of `z`, saved by the forward for the backward.
 #[derive(Debug, Default)]
@@ -152,10 +154,7 @@ impl CustomOp3 for Forward {
         let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
         let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
         let invstd: Vec<f32> = stats.iter().map(|s| s.2).collect();
-        *self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Stats { mean, invstd, var };
+        *lock_state(&self.stats, self.name())? = Stats { mean, invstd, var };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -211,10 +210,7 @@ impl CustomOp3 for Backward {
         let x = slice_f32(s1, l1, self.name(), "input")?;
         let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
         let params = slice_f32(s3, l3, self.name(), "parameters")?;
-        let st = self
-            .stats
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let st = lock_state(&self.stats, self.name())?;
         let d = self.d;
         if st.mean.len() != d.c || dy.len() != x.len() || params.len() != 4 * d.c {
             bail!(
@@ -380,9 +376,7 @@ fn prescaled(
             stats: stats.clone(),
         },
     )?;
-    let st = stats
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+    let st = lock_state(&stats, op)?;
     BatchNormTrainOutput::from_stats(y, &st.mean, &st.var, d)
 }
 

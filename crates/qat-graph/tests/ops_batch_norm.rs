@@ -4,7 +4,7 @@
 mod ops_util;
 
 use candle_core::{DType, Result, Tensor};
-use ops_util::{assert_close, check_fd, grads_of, randn, to_vec};
+use ops_util::{assert_close, assert_stats_close, check_fd, grads_of, randn, to_vec};
 use qat_graph::ops::{batch_norm_train, batch_norm_train_slow};
 
 const EPS: f64 = 1e-5;
@@ -44,14 +44,7 @@ fn ops_batch_norm_matches_candle_composition() -> Result<()> {
             batch_norm_train(&inputs[0], &inputs[1], &inputs[2], EPS)?,
             batch_norm_train_slow(&inputs[0], &inputs[1], &inputs[2], EPS)?,
         );
-        assert_close(&f.mean, &s.mean, 1e-5, &format!("{what}: mean"));
-        assert_close(&f.var, &s.var, 1e-4, &format!("{what}: var"));
-        assert_close(
-            &f.var_unbiased,
-            &s.var_unbiased,
-            1e-4,
-            &format!("{what}: unbiased var"),
-        );
+        assert_stats_close(&f, &s, 1e-4, &what);
         // The unbiased variance is var · M / (M − 1), computed independently in f64.
         let m = (n * h * w) as f64;
         let xs = to_vec(&inputs[0]);

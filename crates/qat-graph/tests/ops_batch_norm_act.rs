@@ -5,7 +5,7 @@
 mod ops_util;
 
 use candle_core::{Result, Tensor};
-use ops_util::{assert_close, check_fd, grads_of, randn};
+use ops_util::{assert_close, assert_stats_close, check_fd, grads_of, randn};
 use qat_graph::ops::{batch_norm_act_train, batch_norm_act_train_slow, batch_norm_train, clamp};
 
 const EPS: f64 = 1e-5;
@@ -62,14 +62,7 @@ fn ops_batch_norm_act_matches_candle_composition_and_unfused_ops() -> Result<()>
                 batch_norm_act_train(&ins[0], &ins[1], &ins[2], EPS, lo, hi)?,
                 batch_norm_act_train_slow(&ins[0], &ins[1], &ins[2], EPS, lo, hi)?,
             );
-            assert_close(&f.mean, &s.mean, 1e-5, &format!("{what}: mean"));
-            assert_close(&f.var, &s.var, 1e-4, &format!("{what}: var"));
-            assert_close(
-                &f.var_unbiased,
-                &s.var_unbiased,
-                1e-4,
-                &format!("{what}: uvar"),
-            );
+            assert_stats_close(&f, &s, 1e-4, &what);
         }
     }
     Ok(())

@@ -5,7 +5,7 @@
 mod ops_util;
 
 use candle_core::{DType, Device, Result, Tensor};
-use ops_util::{assert_close, check_fd, grads_of, randn};
+use ops_util::{assert_close, assert_stats_close, check_fd, grads_of, randn};
 use qat_graph::ops::{
     batch_norm_act_train, batch_norm_train, conv1x1, conv1x1_bn_act_train,
     conv1x1_bn_act_train_slow, conv1x1_bn_train, depthwise_bn_act_train,
@@ -96,14 +96,7 @@ fn ops_conv_bn_equals_unfused_ops_and_matches_candle() -> Result<()> {
                 fused(&ins, act)?,
                 conv1x1_bn_act_train_slow(&ins[0], &ins[1], &ins[2], &ins[3], EPS, act)?,
             );
-            assert_close(&of.mean, &os.mean, 1e-5, &format!("{what}: mean"));
-            assert_close(&of.var, &os.var, 1e-5, &format!("{what}: var"));
-            assert_close(
-                &of.var_unbiased,
-                &os.var_unbiased,
-                1e-5,
-                &format!("{what}: unbiased var"),
-            );
+            assert_stats_close(&of, &os, 1e-5, &what);
         }
     }
     Ok(())

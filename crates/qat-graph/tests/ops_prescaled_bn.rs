@@ -5,7 +5,7 @@
 mod ops_util;
 
 use candle_core::{Result, Tensor};
-use ops_util::{assert_close, check_fd, grads_of, randn};
+use ops_util::{assert_close, assert_stats_close, check_fd, grads_of, randn};
 use qat_graph::ops::{
     batch_norm_train, batch_norm_train_prescaled, batch_norm_train_prescaled_slow, channel_div_nchw,
 };
@@ -68,14 +68,7 @@ fn ops_prescaled_bn_matches_candle_and_unfused_ops() -> Result<()> {
                 &ins[3],
                 EPS,
             )?;
-            assert_close(&f.mean, &s.mean, 1e-5, &format!("{what}: mean"));
-            assert_close(&f.var, &s.var, 1e-4, &format!("{what}: var"));
-            assert_close(
-                &f.var_unbiased,
-                &s.var_unbiased,
-                1e-4,
-                &format!("{what}: uvar"),
-            );
+            assert_stats_close(&f, &s, 1e-4, &what);
         }
     }
     Ok(())

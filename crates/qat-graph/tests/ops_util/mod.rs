@@ -101,3 +101,21 @@ pub fn check_fd(
         }
     }
 }
+
+/// The batch statistics of two train-mode BatchNorm results agree: mean within 1e-5, biased
+/// and unbiased variance within `var_tol`.
+pub fn assert_stats_close(
+    a: &qat_graph::ops::BatchNormTrainOutput,
+    b: &qat_graph::ops::BatchNormTrainOutput,
+    var_tol: f32,
+    what: &str,
+) {
+    assert_close(&a.mean, &b.mean, 1e-5, &format!("{what}: mean"));
+    assert_close(&a.var, &b.var, var_tol, &format!("{what}: var"));
+    assert_close(
+        &a.var_unbiased,
+        &b.var_unbiased,
+        var_tol,
+        &format!("{what}: unbiased var"),
+    );
+}

@@ -19,7 +19,7 @@
 //! ```
 
 use crate::json::emit;
-use crate::timing::best_seconds;
+use crate::timing::{best_seconds, process_cpu_seconds};
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
 use mobilenet_v2::MobileNetV2Config;
@@ -130,20 +130,6 @@ fn time_int8(m: &QuantizedModel, x: &[f32], batch: usize, reps: usize) -> anyhow
         Some(e) => Err(e.into()),
         None => Ok(secs),
     }
-}
-
-/// CPU seconds of this process (all threads).
-fn process_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return f64::NAN;
-    }
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// Best CPU seconds per call of the int8 model on one thread: on a shared machine, time

@@ -21,6 +21,8 @@
 
 use std::time::Instant;
 
+use crate::timing::process_cpu_seconds;
+
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use mobilenet_v2::{build, MobileNetV2Config};
@@ -133,20 +135,6 @@ fn median(v: &[f64]) -> f64 {
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
-}
-
-/// CPU time consumed by this process so far, in seconds.
-fn process_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return f64::NAN;
-    }
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 fn set_threads(threads: usize) -> anyhow::Result<()> {

@@ -560,20 +560,7 @@ impl<'a> Comparer<'a> {
                 ins.push(Tensor::from_vec(traced_nchw(mv), dims, &dev)?);
             }
             let ins: Vec<&Tensor> = ins.iter().collect();
-            let weighted = matches!(
-                node.op,
-                Op::Conv2d(_)
-                    | Op::ConvAct { .. }
-                    | Op::ConvBn { .. }
-                    | Op::Linear(_)
-                    | Op::LinearAct { .. }
-                    | Op::LinearBn { .. }
-            );
-            let y = if q.config.is_some() && weighted {
-                self.qat.qat_node(i, &ins, false)?
-            } else {
-                self.qat.module().eval_node(i, &ins, false)?
-            };
+            let y = self.qat.node_value(i, &ins, false)?;
             let mut put = |name: String, t: &Tensor| -> Result<()> {
                 if let Some(v) = self.values.get(&name) {
                     out.insert(v.clone(), RefValue::F32(t.flatten_all()?.to_vec1::<f32>()?));

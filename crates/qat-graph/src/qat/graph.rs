@@ -517,27 +517,10 @@ impl QatGraph {
                             .expect("inputs computed before use")
                     })
                     .collect();
-                let r = if q.config.is_some() && q.weight.is_some() {
-                    self.qat_node(i, &ins, train)
-                } else {
-                    self.module.eval_node(i, &ins, train)
-                };
-                r.map_err(|e| match e {
+                self.node_value(i, &ins, train).map_err(|e| match e {
                     GraphError::Candle(e) => GraphError::node(&node.name, e.to_string()),
                     e => e,
                 })?
-            };
-            // The int8 pool rounds its mean back onto the input's grid; the simulation
-            // does the same (PyTorch's QAT graph leaves the mean unrounded, and its int8
-            // model then disagrees with it on every half-step tie and more).
-            let y = match (&node.op, &q.config) {
-                (Op::GlobalAvgPool | Op::AvgPool2d(_), Some(_)) => {
-                    match self.value_fq(node.inputs[0]) {
-                        Some(fq) => fq.fake_quantize_frozen(&y)?,
-                        None => y,
-                    }
-                }
-                _ => y,
             };
             let (v, stub) = match &q.output_fq {
                 Some(fq) if q.is_quant_stub => {
@@ -566,6 +549,34 @@ impl QatGraph {
             .iter()
             .map(|o| vals[o.0].clone().expect("outputs are kept"))
             .collect())
+    }
+
+    /// Node `i`'s value (before its output fake-quant) from its inputs' values: a quantized
+    /// weighted node through [`Self::qat_node`], a quantized pool rounded onto its input's
+    /// grid as the int8 pool rounds it (PyTorch's QAT graph leaves the mean unrounded, and
+    /// its int8 model then disagrees with it on every half-step tie and more), anything
+    /// else as the float module runs it.
+    pub(crate) fn node_value(&self, i: usize, ins: &[&Tensor], train: bool) -> Result<Tensor> {
+        let node = &self.graph().nodes()[i];
+        let q = &self.nodes[i];
+        if q.config.is_some() && q.weight.is_some() {
+            return self.qat_node(i, ins, train);
+        }
+        let y = self.module.eval_node(i, ins, train)?;
+        if q.config.is_none() {
+            return Ok(y);
+        }
+        let fq = match node.op {
+            Op::GlobalAvgPool | Op::AvgPool2d(_) => self.value_fq(node.inputs[0]),
+            _ => None,
+        };
+        match fq {
+            Some(fq) if node.op == Op::GlobalAvgPool => {
+                super::pool::integer_global_pool(fq, ins[0], &y)
+            }
+            Some(fq) => fq.fake_quantize_frozen(&y),
+            None => Ok(y),
+        }
     }
 
     /// The fake-quant that sets the qparams of node `id`'s value: its own output

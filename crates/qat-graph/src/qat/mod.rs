@@ -6,6 +6,7 @@ pub mod fold;
 pub mod fq;
 mod graph;
 pub mod int_exact;
+mod pool;
 mod traced;
 
 pub use fold::{batch_norm, folded_bn_act_forward, folded_bn_forward, BnStats, BnVars};

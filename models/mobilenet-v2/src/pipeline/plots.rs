@@ -281,7 +281,9 @@ fn layer_error(c: &qat_graph::compare::CompareReport, path: &Path) -> Result<()>
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(0f32..n as f32, 0f32..worst * 1.1)
+        // Headroom above the tallest bar keeps the legend (upper left, where the early
+        // layers' bars are short) off the bars.
+        .build_cartesian_2d(0f32..n as f32, 0f32..worst * 1.3)
         .map_err(&e)?;
     ch.configure_mesh()
         .x_desc("layer (graph order)")
@@ -308,6 +310,7 @@ fn layer_error(c: &qat_graph::compare::CompareReport, path: &Path) -> Result<()>
     .label("local (own error only)")
     .legend(|(x, y)| Circle::new((x + 6, y), 3, PTQ_COLOR.filled()));
     ch.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()

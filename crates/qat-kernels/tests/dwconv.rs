@@ -276,6 +276,38 @@ fn every_isa_equals_scalar_on_huge_multipliers() {
     check_isas(&cases);
 }
 
+/// ReLU6 with `qmax` well below 255 and inputs large enough that many outputs clip at it,
+/// with multipliers (0.05 · 0.05 / 0.05) far too small for any product to reach 2³¹: the
+/// AVX-512 3×3 kernel then clamps the high side after converting (a byte `min`), which must
+/// give the same bytes as the scalar float clamp.
+#[test]
+fn every_isa_equals_scalar_when_outputs_clip_high() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut clipped = 0usize;
+    let cases: Vec<Case> = (0..60)
+        .map(|_| {
+            let mut case = random_case(&mut rng, Fill::Random);
+            case.input_q.scale = 0.05;
+            case.w_scale.iter_mut().for_each(|s| *s = 0.05);
+            case.output_q = QParams {
+                scale: 0.05,
+                zero_point: rng.gen_range(0..100),
+            };
+            case.act = Activation::Relu6;
+            let (_, qmax) = case.act.bounds(case.output_q);
+            assert!(qmax < 255);
+            let y = case.run(Isa::Scalar, 1);
+            clipped += y.iter().filter(|&&v| v as i32 == qmax).count();
+            case
+        })
+        .collect();
+    assert!(
+        clipped > 1000,
+        "only {clipped} outputs at qmax: the test needs clipping"
+    );
+    check_isas(&cases);
+}
+
 #[test]
 fn every_isa_equals_scalar_on_tiny_and_odd_inputs() {
     let mut rng = StdRng::seed_from_u64(4);

@@ -93,6 +93,9 @@ pub struct DwConv {
     dw3x3_weights: Vec<u8>,
     dw3x3_bias: Vec<i32>,
     dw3x3_mult: Vec<f32>,
+    /// Every channel's `|f32(acc) · multiplier|` stays below 2³¹ for any input
+    /// ([`crate::gemm::products_fit_i32`]): the 3×3 kernel may then clamp after converting.
+    fits_i32: bool,
 }
 
 /// Which kernel runs a call (see [`DwConv::kernel_name`]).
@@ -199,6 +202,11 @@ impl DwConv {
             multiplier[c] = m;
         }
         let (qmin, qmax) = activation.bounds(output);
+        let fits_i32 = (0..channels).all(|c| {
+            let w = &weights[c * taps..(c + 1) * taps];
+            let abs_w: i64 = w.iter().map(|&x| (x as i64).abs()).sum();
+            crate::gemm::products_fit_i32(packed_bias[c], abs_w, multiplier[c])
+        });
         let dw3x3 = Self::dw3x3_geometry(&geometry);
         #[cfg(target_arch = "x86_64")]
         let (dw3x3_weights, dw3x3_bias, dw3x3_mult) = if dw3x3 {
@@ -242,6 +250,7 @@ impl DwConv {
             dw3x3_weights,
             dw3x3_bias,
             dw3x3_mult,
+            fits_i32,
         })
     }
 

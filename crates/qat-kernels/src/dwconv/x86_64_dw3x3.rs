@@ -130,6 +130,7 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
         hi: _mm512_set1_ps((dw.qmax - dw.output_zero_point) as f32),
         zp: _mm512_set1_epi16(dw.output_zero_point as i16),
         qmin: _mm512_set1_epi8(dw.qmin as u8 as i8),
+        qmax: _mm512_set1_epi8(dw.qmax as u8 as i8),
     };
     for blk in 0..c.div_ceil(CB) {
         let cb = blk * CB;
@@ -184,10 +185,11 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
                     c,
                     ep: &ep,
                 };
-                if sw == 1 {
-                    row_s1(rows, ow, o, &k);
-                } else {
-                    row_s2(rows, ow, o, &k);
+                match (sw == 1, dw.fits_i32) {
+                    (true, true) => row_s1::<false>(rows, ow, o, &k),
+                    (true, false) => row_s1::<true>(rows, ow, o, &k),
+                    (false, true) => row_s2::<false>(rows, ow, o, &k),
+                    (false, false) => row_s2::<true>(rows, ow, o, &k),
                 }
             }
         }
@@ -233,8 +235,9 @@ struct Epilogue {
     hi: __m512,
     /// The output zero point as i16 lanes.
     zp: __m512i,
-    /// `qmin` in every byte.
+    /// `qmin` / `qmax` in every byte.
     qmin: __m512i,
+    qmax: __m512i,
 }
 
 /// Per-block constants of a row call.
@@ -302,18 +305,32 @@ unsafe fn wv(wts: *const u8, set: usize, ky: usize, k: usize) -> __m512i {
 /// (`qmin = lo + zp ≥ 0`, `qmax = hi + zp ≤ 255`), and values below `lo` — `i32::MIN` too,
 /// which `vcvtps2dq` gives below -2³¹ — end at or below `qmin` before the `max`.
 ///
+/// `FLOAT_CLAMP = false` (only when the conv's `fits_i32` holds: no product reaches 2³¹)
+/// skips the float `min` too and clamps with a byte `min` against `qmax` after the packs, by
+/// the same argument mirrored: every lane converts exactly, a lane above `hi` rounds to at
+/// least `hi` and the monotone packs keep it at or above `qmax`.
+///
 /// # Safety
 /// AVX-512F/BW; `dst` is writable for the `mask`ed bytes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn store(acc: [__m512i; 4], k: &Consts, dst: *mut u8) {
+unsafe fn store<const FLOAT_CLAMP: bool>(acc: [__m512i; 4], k: &Consts, dst: *mut u8) {
     let r: [__m512i; 4] = std::array::from_fn(|i| {
         let v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i]), k.mult[i]);
-        _mm512_cvtps_epi32(_mm512_min_ps(v, k.ep.hi))
+        if FLOAT_CLAMP {
+            _mm512_cvtps_epi32(_mm512_min_ps(v, k.ep.hi))
+        } else {
+            _mm512_cvtps_epi32(v)
+        }
     });
     let w01 = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), k.ep.zp);
     let w23 = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), k.ep.zp);
     let b = _mm512_max_epu8(_mm512_packus_epi16(w01, w23), k.ep.qmin);
+    let b = if FLOAT_CLAMP {
+        b
+    } else {
+        _mm512_min_epu8(b, k.ep.qmax)
+    };
     // SAFETY: masked store of the valid channels (caller).
     unsafe { _mm512_mask_storeu_epi8(dst.cast(), k.mask, b) };
 }
@@ -325,7 +342,7 @@ unsafe fn store(acc: [__m512i; 4], k: &Consts, dst: *mut u8) {
 /// row is writable at `o + ox·c` for the masked channels.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn row_s1(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
+unsafe fn row_s1<const FLOAT_CLAMP: bool>(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
     // SAFETY: all loads stay inside the padded rows (positions ≤ (ow-1) + 3) and the weight
     // sets; stores go to output pixels `< ow` (caller).
     unsafe {
@@ -352,9 +369,9 @@ unsafe fn row_s1(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
                 }
                 ab[ky] = cd;
             }
-            store(a, k, o.add(ox * k.c));
+            store::<FLOAT_CLAMP>(a, k, o.add(ox * k.c));
             if two {
-                store(b, k, o.add((ox + 1) * k.c));
+                store::<FLOAT_CLAMP>(b, k, o.add((ox + 1) * k.c));
             }
             ox += 2;
         }
@@ -367,7 +384,7 @@ unsafe fn row_s1(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
 /// As [`row_s1`] with [`padded_width`]`(ow, 2)` positions.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn row_s2(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
+unsafe fn row_s2<const FLOAT_CLAMP: bool>(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
     // SAFETY: as in `row_s1`; positions read are ≤ 2(ow-1) + 3.
     unsafe {
         let wa: [[__m512i; 4]; 3] =
@@ -387,7 +404,7 @@ unsafe fn row_s2(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
                 }
                 ab[ky] = cd;
             }
-            store(a, k, o.add(ox * k.c));
+            store::<FLOAT_CLAMP>(a, k, o.add(ox * k.c));
         }
     }
 }

@@ -55,6 +55,9 @@ pub(crate) struct Tile {
     pub hi: *const f32,
     /// The panel's first column's [`qat_core::Requant`] (scalar kernel), `nc` entries.
     pub requant: *const qat_core::Requant,
+    /// Every product `f32(acc) · multiplier` of this GEMM is below 2³¹ in magnitude
+    /// ([`super::products_fit_i32`]): u8 epilogues may clamp after converting.
+    pub fits_i32: bool,
     /// Output position of the tile's (0, 0) element.
     pub out: Out,
 }

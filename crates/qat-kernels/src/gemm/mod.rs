@@ -77,6 +77,9 @@ pub struct PackedGemm {
     lo: Vec<f32>,
     hi: Vec<f32>,
     requant: Vec<Requant>,
+    /// Every column's `|f32(acc) · multiplier|` stays below 2³¹ for any input (see
+    /// [`products_fit_i32`]): the u8 epilogues may then skip the float upper clamp.
+    fits_i32: bool,
 }
 
 impl std::fmt::Debug for PackedGemm {
@@ -88,6 +91,20 @@ impl std::fmt::Debug for PackedGemm {
             .field("input_zero_point", &self.input_zero_point)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether `|f32(acc) · multiplier| < 2³¹` for every accumulator `acc = bias + Σ x·w` with
+/// inputs `x` of magnitude at most 255 and `Σ|w| = abs_w_sum`.
+///
+/// Then `vcvtps2dq` converts every product without overflow (it returns `i32::MIN` for a
+/// float at or above 2³¹), and an epilogue may clamp after converting instead of before:
+/// `clamp(round(x), lo, hi)` equals the spec's `round(clamp(x, lo, hi))` because `lo` and
+/// `hi` are integers. The bound is checked in f64 against 2³⁰, which leaves far more room
+/// than the two f32 roundings (`f32(acc)` and the product, each within 2⁻²⁴ relative) need.
+pub(crate) fn products_fit_i32(bias: i32, abs_w_sum: i64, multiplier: f32) -> bool {
+    let max_acc = (bias as i64).abs() + 255 * abs_w_sum;
+    // Past i32 the depthwise sum would wrap (it is defined modulo 2³²).
+    max_acc <= i32::MAX as i64 && (max_acc as f64) * (multiplier as f64) < (1u64 << 30) as f64
 }
 
 /// Where a kernel writes a tile.
@@ -194,6 +211,11 @@ impl PackedGemm {
             .collect());
         let mut zero_point: Vec<i32> = requant_cols.iter().map(|r| r.zero_point).collect();
         zero_point.resize(np, 0);
+        let fits_i32 = (0..n).all(|j| {
+            let w = &weights[j * k..(j + 1) * k];
+            let abs_w: i64 = w.iter().map(|&x| (x as i64).abs()).sum();
+            products_fit_i32(packed_bias[j], abs_w, requant_cols[j].multiplier)
+        });
         Ok(PackedGemm {
             desc,
             n,
@@ -206,6 +228,7 @@ impl PackedGemm {
             lo,
             hi,
             requant: requant_cols,
+            fits_i32,
         })
     }
 

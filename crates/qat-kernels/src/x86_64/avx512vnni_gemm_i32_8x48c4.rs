@@ -111,8 +111,14 @@ unsafe fn tile<const R: usize, const C: usize>(t: &Tile) {
         }
         Out::U8 { ptr, ldc } => {
             let e = U8Epilogue::<C>::new(t);
-            for (r, acc_r) in acc.iter().enumerate() {
-                e.store(acc_r, ptr.add(r * ldc));
+            if t.fits_i32 {
+                for (r, acc_r) in acc.iter().enumerate() {
+                    e.store::<false>(acc_r, ptr.add(r * ldc));
+                }
+            } else {
+                for (r, acc_r) in acc.iter().enumerate() {
+                    e.store::<true>(acc_r, ptr.add(r * ldc));
+                }
             }
         }
     }
@@ -130,13 +136,20 @@ unsafe fn tile<const R: usize, const C: usize>(t: &Tile) {
 /// `i32::MIN`, which `vcvtps2dq` returns for a float below -2³¹ — lands at or below `qmin`
 /// before the final `max`. The packs work per 128-bit lane; one `vpermd` restores column
 /// order. Vectors past `C` repeat the last one (their bytes are never stored).
+///
+/// When every product is known to stay below 2³¹ in magnitude (`Tile::fits_i32`), the float
+/// `min` is skipped as well and the upper clamp becomes a byte `min` with `qmax` after the
+/// packs: `vcvtps2dq` then converts every lane exactly, a lane above `hi` rounds to at least
+/// `hi` (an integer), and the monotone saturating packs keep it at or above `qmax`, which the
+/// byte `min` restores; lanes in range pass the packs unchanged as before.
 struct U8Epilogue<const C: usize> {
     mult: [__m512; C],
     hi: [__m512; C],
     /// `zero_point` as i16 in the packed order of vector pairs (0, 1) and (2, 2).
     zp: [__m512i; 2],
-    /// `qmin` as bytes in the packed (pre-permutation) order.
+    /// `qmin` / `qmax` as bytes in the packed (pre-permutation) order.
     qmin: __m512i,
+    qmax: __m512i,
     /// Columns `0..nc` of the row.
     mask: __mmask64,
 }
@@ -160,31 +173,47 @@ impl<const C: usize> U8Epilogue<C> {
                 _mm512_packs_epi32(v[2], v[3]),
             ]
         };
+        let qmax32 = [0, 1, 2, 3].map(|c| {
+            let hi = _mm512_cvtps_epi32(_mm512_loadu_ps(t.hi.add(16 * c.min(C - 1))));
+            _mm512_add_epi32(hi, ld_i(t.zero_point, c))
+        });
         let q16 = packed16(qmin32);
+        let x16 = packed16(qmax32);
         U8Epilogue {
             mult: std::array::from_fn(|c| _mm512_loadu_ps(t.multiplier.add(16 * c))),
             hi: std::array::from_fn(|c| _mm512_loadu_ps(t.hi.add(16 * c))),
             zp: packed16(zp),
             qmin: _mm512_packus_epi16(q16[0], q16[1]),
+            qmax: _mm512_packus_epi16(x16[0], x16[1]),
             mask: if t.nc >= 64 { !0 } else { (1u64 << t.nc) - 1 },
         }
     }
 
-    /// Requantize one row's `C` accumulator vectors and store its `nc` bytes at `dst`.
+    /// Requantize one row's `C` accumulator vectors and store its `nc` bytes at `dst`;
+    /// `FLOAT_CLAMP = false` only when the tile's `fits_i32` holds.
     ///
     /// # Safety
     /// AVX-512F/BW; `dst` is writable for `nc` bytes.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn store(&self, acc: &[__m512i; C], dst: *mut u8) {
+    unsafe fn store<const FLOAT_CLAMP: bool>(&self, acc: &[__m512i; C], dst: *mut u8) {
         let q: [__m512i; C] = std::array::from_fn(|c| {
             let x = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[c]), self.mult[c]);
-            _mm512_cvtps_epi32(_mm512_min_ps(x, self.hi[c]))
+            if FLOAT_CLAMP {
+                _mm512_cvtps_epi32(_mm512_min_ps(x, self.hi[c]))
+            } else {
+                _mm512_cvtps_epi32(x)
+            }
         });
         let v = |c: usize| q[c.min(C - 1)];
         let w01 = _mm512_adds_epi16(_mm512_packs_epi32(v(0), v(1)), self.zp[0]);
         let w23 = _mm512_adds_epi16(_mm512_packs_epi32(v(2), v(3)), self.zp[1]);
         let b = _mm512_max_epu8(_mm512_packus_epi16(w01, w23), self.qmin);
+        let b = if FLOAT_CLAMP {
+            b
+        } else {
+            _mm512_min_epu8(b, self.qmax)
+        };
         // Lane L dword j holds columns 16j + 4L .. 16j + 4L + 4: gather them back in order.
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         // SAFETY: masked to the row's `nc` valid columns (caller).

@@ -30,9 +30,22 @@ pub(super) const CB: usize = 64;
 /// Bytes of one packed weight set: 3 rows × 4 permuted zmm.
 const SET: usize = 3 * 4 * CB;
 
-/// Channel of byte lane `(k, L, d)` within a block: see the module doc.
-fn permuted_channel(k: usize, lane: usize, d: usize) -> usize {
-    16 * lane + 4 * k + d
+/// Channel of byte lane `(k, L, d)` within block `blk` of a `c`-channel conv: see the module
+/// doc. A folded block (see [`folded`]) repeats lanes 0–1 in lanes 2–3.
+fn permuted_channel(c: usize, blk: usize, k: usize, lane: usize, d: usize) -> usize {
+    let lane = if folded(c, blk) { lane % 2 } else { lane };
+    blk * CB + 16 * lane + 4 * k + d
+}
+
+/// Whether block `blk` holds at most 32 channels (the last block of e.g. 96 or 160).
+///
+/// Such a block is *folded*: its zmm holds the 32 channels of two output pixels, `ox` in
+/// lanes 0–1 and `ox + ⌈ow/2⌉` in lanes 2–3 (a folded padded row stores position `q` and
+/// position `q + ⌈ow/2⌉·stride` side by side), so no vector lane computes a missing channel
+/// of a half-empty block. The permuted channel order works per 128-bit lane, so the same
+/// weights serve both halves.
+fn folded(c: usize, blk: usize) -> bool {
+    c - blk * CB <= CB / 2
 }
 
 /// Pack `[C][3][3]` weights for this kernel: per block, set A (`[w0, w1, w2, 0]`) then set B
@@ -46,7 +59,7 @@ pub(super) fn pack_weights(weights: &[i8], c: usize) -> Vec<u8> {
                 for k in 0..4 {
                     for lane in 0..4 {
                         for d in 0..4 {
-                            let ch = blk * CB + permuted_channel(k, lane, d);
+                            let ch = permuted_channel(c, blk, k, lane, d);
                             if ch >= c {
                                 continue;
                             }
@@ -75,7 +88,7 @@ pub(super) fn permute<T: Copy>(v: &[T], c: usize, fill: T) -> Vec<T> {
         for k in 0..4 {
             for lane in 0..4 {
                 for d in 0..4 {
-                    let ch = blk * CB + permuted_channel(k, lane, d);
+                    let ch = permuted_channel(c, blk, k, lane, d);
                     if ch < c {
                         out[blk * CB + k * 16 + lane * 4 + d] = v[ch];
                     }
@@ -136,6 +149,14 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
         let cb = blk * CB;
         let n = (c - cb).min(CB);
         let mask: __mmask64 = if n == CB { !0 } else { (1u64 << n) - 1 };
+        let fold = folded(c, blk);
+        // Outputs per row the kernel computes: a folded block computes two per vector.
+        let (kow, shift) = if fold {
+            let half = ow.div_ceil(2);
+            (half, half * sw)
+        } else {
+            (ow, 0)
+        };
         let mut tags: [Option<(usize, usize)>; 3] = [None; 3];
         // SAFETY: every array is packed for `c.div_ceil(64)` blocks, so the block's 64
         // permuted biases / multipliers and its two weight sets are in bounds.
@@ -160,9 +181,22 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
                 if tags[slot] != Some((img, iy)) {
                     let src = ((img * b.h + iy) * b.w) * c + cb;
                     let dst = &mut ring[slot * row_bytes..(slot + 1) * row_bytes];
+                    let geo = RowGeo {
+                        w: b.w,
+                        c,
+                        pad: g.pad_w,
+                        zp: zp_in,
+                    };
                     // SAFETY: AVX-512BW (caller); `src` addresses pixel 0 of an input row
-                    // inside the validated tensor, read masked to the block's `n` channels.
-                    unsafe { fill_row(input, src, b.w, c, g.pad_w, zp_in, mask, dst) };
+                    // inside the validated tensor, read masked to the block's `n` channels
+                    // (n ≤ 32 when folded).
+                    unsafe {
+                        if fold {
+                            fill_row_folded(input, src, &geo, mask as u32, shift, dst)
+                        } else {
+                            fill_row(input, src, &geo, mask, dst)
+                        }
+                    };
                     tags[slot] = Some((img, iy));
                 }
             }
@@ -183,17 +217,35 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
                     wts,
                     mask,
                     c,
+                    ow,
+                    half: kow,
                     ep: &ep,
                 };
-                match (sw == 1, dw.fits_i32) {
-                    (true, true) => row_s1::<false>(rows, ow, o, &k),
-                    (true, false) => row_s1::<true>(rows, ow, o, &k),
-                    (false, true) => row_s2::<false>(rows, ow, o, &k),
-                    (false, false) => row_s2::<true>(rows, ow, o, &k),
+                match (sw == 1, dw.fits_i32, fold) {
+                    (true, true, false) => row_s1::<false, false>(rows, kow, o, &k),
+                    (true, false, false) => row_s1::<true, false>(rows, kow, o, &k),
+                    (false, true, false) => row_s2::<false, false>(rows, kow, o, &k),
+                    (false, false, false) => row_s2::<true, false>(rows, kow, o, &k),
+                    (true, true, true) => row_s1::<false, true>(rows, kow, o, &k),
+                    (true, false, true) => row_s1::<true, true>(rows, kow, o, &k),
+                    (false, true, true) => row_s2::<false, true>(rows, kow, o, &k),
+                    (false, false, true) => row_s2::<true, true>(rows, kow, o, &k),
                 }
             }
         }
     }
+}
+
+/// An input row's layout, for the row fills.
+struct RowGeo {
+    /// Pixels in the row.
+    w: usize,
+    /// Channels per pixel (the pixel stride).
+    c: usize,
+    /// Positions of left padding.
+    pad: usize,
+    /// The input zero point (what padding holds).
+    zp: u8,
 }
 
 /// Copy input row pixels `0..w` (64 channels from `src`, masked) into positions
@@ -201,19 +253,10 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
 ///
 /// # Safety
 /// AVX-512BW; `input[src + x·c ..]` holds the `mask`ed bytes for every `x < w`.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn fill_row(
-    input: &[u8],
-    src: usize,
-    w: usize,
-    c: usize,
-    pad: usize,
-    zp: u8,
-    mask: __mmask64,
-    dst: &mut [u8],
-) {
+unsafe fn fill_row(input: &[u8], src: usize, r: &RowGeo, mask: __mmask64, dst: &mut [u8]) {
+    let RowGeo { w, c, pad, zp } = *r;
     let wp = dst.len() / CB;
     let first = pad.min(wp);
     let last = (pad + w).min(wp);
@@ -228,6 +271,37 @@ unsafe fn fill_row(
             let v = _mm512_maskz_loadu_epi8(mask, base.add((j - pad) * c).cast());
             _mm512_storeu_si512(dst.as_mut_ptr().add(j * CB).cast(), v);
         }
+    }
+}
+
+/// Fill a folded padded row (see [`folded`]): position `q` holds padded position `q` in
+/// bytes 0–31 and padded position `q + shift` in bytes 32–63, each the `mask`ed (≤ 32)
+/// channels of its input pixel or the zero point where it is padding.
+///
+/// # Safety
+/// AVX-512BW/VL; `input[src + x·c ..]` holds the `mask`ed bytes for every `x < w`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn fill_row_folded(
+    input: &[u8],
+    src: usize,
+    r: &RowGeo,
+    mask: __mmask32,
+    shift: usize,
+    dst: &mut [u8],
+) {
+    let zp = _mm256_set1_epi8(r.zp as i8);
+    // SAFETY: `src` is an offset inside `input` (caller).
+    let base = unsafe { input.as_ptr().add(src) };
+    let pixel = |pos: usize| match pos.checked_sub(r.pad) {
+        // SAFETY: pixel `x < w` of the row (caller), masked to the valid channels.
+        Some(x) if x < r.w => unsafe { _mm256_maskz_loadu_epi8(mask, base.add(x * r.c).cast()) },
+        _ => zp,
+    };
+    for q in 0..dst.len() / CB {
+        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(pixel(q)), pixel(q + shift));
+        // SAFETY: position `q` of `dst` holds 64 bytes.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(q * CB).cast(), v) };
     }
 }
 
@@ -247,6 +321,11 @@ struct Consts<'a> {
     wts: *const u8,
     mask: __mmask64,
     c: usize,
+    /// Output pixels per row.
+    ow: usize,
+    /// Output pixels the kernel computes per row: `ow`, or `⌈ow/2⌉` when folded (output `ox`
+    /// then also yields `ox + half` in the upper 256 bits).
+    half: usize,
     ep: &'a Epilogue,
 }
 
@@ -310,11 +389,20 @@ unsafe fn wv(wts: *const u8, set: usize, ky: usize, k: usize) -> __m512i {
 /// the same argument mirrored: every lane converts exactly, a lane above `hi` rounds to at
 /// least `hi` and the monotone packs keep it at or above `qmax`.
 ///
+/// Writes output pixel `ox` at `o + ox·c` and, when `FOLD`, pixel `ox + k.half` from the upper
+/// 256 bits if it is `< k.ow`.
+///
 /// # Safety
-/// AVX-512F/BW; `dst` is writable for the `mask`ed bytes.
+/// AVX-512F/BW/VL; output pixels `< k.ow` are writable at `o + pixel·c` for the `mask`ed
+/// bytes (at most 32 when `FOLD`); `ox < k.ow`.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn store<const FLOAT_CLAMP: bool>(acc: [__m512i; 4], k: &Consts, dst: *mut u8) {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn store<const FLOAT_CLAMP: bool, const FOLD: bool>(
+    acc: [__m512i; 4],
+    k: &Consts,
+    o: *mut u8,
+    ox: usize,
+) {
     let r: [__m512i; 4] = std::array::from_fn(|i| {
         let v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i]), k.mult[i]);
         if FLOAT_CLAMP {
@@ -331,18 +419,36 @@ unsafe fn store<const FLOAT_CLAMP: bool>(acc: [__m512i; 4], k: &Consts, dst: *mu
     } else {
         _mm512_min_epu8(b, k.ep.qmax)
     };
-    // SAFETY: masked store of the valid channels (caller).
-    unsafe { _mm512_mask_storeu_epi8(dst.cast(), k.mask, b) };
+    // SAFETY: masked stores of the valid channels of output pixels `ox < ow` and, folded,
+    // `ox + half` when it is `< ow` (caller).
+    unsafe {
+        if FOLD {
+            let m = k.mask as __mmask32;
+            _mm256_mask_storeu_epi8(o.add(ox * k.c).cast(), m, _mm512_castsi512_si256(b));
+            if ox + k.half < k.ow {
+                let hi = _mm512_extracti64x4_epi64::<1>(b);
+                _mm256_mask_storeu_epi8(o.add((ox + k.half) * k.c).cast(), m, hi);
+            }
+        } else {
+            _mm512_mask_storeu_epi8(o.add(ox * k.c).cast(), k.mask, b);
+        }
+    }
 }
 
-/// One output row at stride 1: two output pixels per quad (sets A and B).
+/// One output row at stride 1: two output pixels per quad (sets A and B); `ow` is `k.half`,
+/// the pixels computed per row (each a pair of pixels when `FOLD`).
 ///
 /// # Safety
-/// AVX-512 VNNI; each row has [`padded_width`]`(ow, 1)` positions; output pixel `ox` of the
-/// row is writable at `o + ox·c` for the masked channels.
+/// AVX-512 VNNI; each row has [`padded_width`]`(ow, 1)` positions; output pixels `< k.ow`
+/// of the row are writable at `o + pixel·c` for the masked channels.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn row_s1<const FLOAT_CLAMP: bool>(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
+unsafe fn row_s1<const FLOAT_CLAMP: bool, const FOLD: bool>(
+    rows: [*const u8; 3],
+    ow: usize,
+    o: *mut u8,
+    k: &Consts,
+) {
     // SAFETY: all loads stay inside the padded rows (positions ≤ (ow-1) + 3) and the weight
     // sets; stores go to output pixels `< ow` (caller).
     unsafe {
@@ -369,9 +475,9 @@ unsafe fn row_s1<const FLOAT_CLAMP: bool>(rows: [*const u8; 3], ow: usize, o: *m
                 }
                 ab[ky] = cd;
             }
-            store::<FLOAT_CLAMP>(a, k, o.add(ox * k.c));
+            store::<FLOAT_CLAMP, FOLD>(a, k, o, ox);
             if two {
-                store::<FLOAT_CLAMP>(b, k, o.add((ox + 1) * k.c));
+                store::<FLOAT_CLAMP, FOLD>(b, k, o, ox + 1);
             }
             ox += 2;
         }
@@ -384,7 +490,12 @@ unsafe fn row_s1<const FLOAT_CLAMP: bool>(rows: [*const u8; 3], ow: usize, o: *m
 /// As [`row_s1`] with [`padded_width`]`(ow, 2)` positions.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn row_s2<const FLOAT_CLAMP: bool>(rows: [*const u8; 3], ow: usize, o: *mut u8, k: &Consts) {
+unsafe fn row_s2<const FLOAT_CLAMP: bool, const FOLD: bool>(
+    rows: [*const u8; 3],
+    ow: usize,
+    o: *mut u8,
+    k: &Consts,
+) {
     // SAFETY: as in `row_s1`; positions read are ≤ 2(ow-1) + 3.
     unsafe {
         let wa: [[__m512i; 4]; 3] =
@@ -404,7 +515,7 @@ unsafe fn row_s2<const FLOAT_CLAMP: bool>(rows: [*const u8; 3], ow: usize, o: *m
                 }
                 ab[ky] = cd;
             }
-            store::<FLOAT_CLAMP>(a, k, o.add(ox * k.c));
+            store::<FLOAT_CLAMP, FOLD>(a, k, o, ox);
         }
     }
 }

@@ -14,7 +14,7 @@ use qat_graph::compare::{
 use qat_graph::convert;
 
 #[test]
-fn fake_quant_meets_the_goals_layer_by_layer_and_drifts_end_to_end() {
+fn fake_quant_matches_int8_layer_by_layer_and_end_to_end() {
     let mut acc_sum = 0.0;
     for seed in 0..3u64 {
         let q = trained(seed, 40);
@@ -47,21 +47,16 @@ fn fake_quant_meets_the_goals_layer_by_layer_and_drifts_end_to_end() {
         assert!(r.all_local_within(0.99, 1), "seed {seed}: {r}");
         // Top-1: measured 64/64 on all three seeds.
         assert!(r.top1_agreement >= 0.95, "{r}");
-        // End to end, the one-step differences propagate: measured 99.5-99.99% equal on the
-        // convs and the add, up to 2 steps where two differences meet, 99.6-99.8% on the
-        // pool and 98.0-100% on the classifier's logits (whose step is small next to what
-        // a one-step change of a pooled feature moves). The float simulation cannot do
-        // better by construction; the integer-exact mode (next test) is identical. These
-        // bounds record the measurement so that a regression in convert / the kernels, or
-        // in the simulation's pooled means, shows up (with a float mean rounded onto the
-        // grid the pool was 98.9-99.6% equal; with no rounding the classifier was only
-        // 69-85% equal).
-        assert!(r.all_within(0.0, 3), "seed {seed}: {r}");
-        for l in &r.layers {
-            let min = if l.name == "classifier" { 0.95 } else { 0.985 };
-            assert!(l.end_to_end.equal_fraction >= min, "seed {seed}: {r}");
-        }
-        // The pool is computed on the integer grid in the simulation too: exact.
+        // End to end: the simulation rounds the pooled means and (eval) the folded biases as
+        // the int8 model does, so what is left is f32 rounding in the convolution sums and
+        // the BN folding. Measured: 99.997-100% equal on every layer, never more than one
+        // step, logits identical. Before the bias rounding: 99.5-99.98% on the convs, up to
+        // 3 steps, 96.5-100% on the logits; before the pool rounding the logits were only
+        // 69-85% equal. These bounds record the measurement so that a regression in
+        // convert, the kernels or the simulation shows up.
+        assert!(r.all_within(0.9995, 1), "seed {seed}: {r}");
+        assert_eq!(r.top1_agree, 64, "seed {seed}: {r}");
+        // The pool's mean is computed on the integer grid in the simulation too: exact.
         let pool = r.layers.iter().find(|l| l.name == "pool").unwrap();
         let local = pool
             .local

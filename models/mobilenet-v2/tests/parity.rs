@@ -58,6 +58,11 @@ fn golden_mobilenet_v2_parity() {
         let q = qat_from_golden(f);
         let m = convert(&q).unwrap();
         let x = tensor(f, "input");
+        // PyTorch's eval (float bias), then ours (the int8 model's bias rounding).
+        q.simulate_int8_bias(false);
+        let pt = compare(&q, &m, &x).unwrap();
+        summary("golden fake-quant (float bias) vs int8", &pt);
+        q.simulate_int8_bias(true);
         let r = compare(&q, &m, &x).unwrap();
         println!("{}\n{r}", f.path.display());
         summary("golden fake-quant vs int8", &r);
@@ -66,12 +71,20 @@ fn golden_mobilenet_v2_parity() {
         assert!(e.all_within(1.0, 0), "{e}");
         assert_eq!(e.top1_agree, e.samples);
         assert_eq!(e.max_abs_logit_diff, 0.0);
-        // Measured on mobilenet_v2_w0.5: layer by layer ≥ 99.23% equal and ≤ 1 step
-        // everywhere; end to end down to 47% equal and 14 steps deep in the net; top-1
-        // 16/16, max |Δlogit| 0.38 (PyTorch's own pair: up to 1.5).
-        assert!(r.all_local_within(0.99, 1), "{r}");
-        assert_eq!(r.top1_agree, r.samples, "{r}");
-        assert!(r.max_abs_logit_diff < 1.0, "{r}");
+        // Measured on mobilenet_v2_w0.5 (PyTorch-trained): layer by layer ≥ 99.23% (float
+        // bias) / 99.40% (int8 bias) equal and ≤ 1 step everywhere; end to end down to 47%
+        // equal and 13-14 steps deep in the net; top-1 16/16 (float bias) and 15/16 (int8
+        // bias), max |Δlogit| 0.38 (PyTorch's own pair: up to 1.5). What is left is not
+        // rounding: PyTorch gave some weight channels an all-positive range with zero
+        // point -128 (features.0.0 channel 4), which int8 holds halved at twice the scale
+        // (`AsymmetricWeights::Refit`), and the drift from there makes one image flip.
+        // Our own QAT (symmetric weights) has no such channel; the integer-exact mode
+        // above is identical.
+        for (r, min_top1) in [(&pt, r.samples), (&r, r.samples - 1)] {
+            assert!(r.all_local_within(0.99, 1), "{r}");
+            assert!(r.top1_agree >= min_top1, "{r}");
+            assert!(r.max_abs_logit_diff < 1.0, "{r}");
+        }
     }
 }
 
@@ -162,26 +175,17 @@ fn small_mobilenet_v2_fashion_mnist_parity() {
     );
     assert!(e.all_within(1.0, 0), "{e}");
     assert_eq!(e.max_abs_logit_diff, 0.0);
-    // Layer by layer the float simulation meets ≥ 99% / ≤ 1 step everywhere but at the
-    // global pool: its float mean (the QAT graph has no fake-quant after the pool) misses
-    // the exact .5 ties of a 4×4 integer sum that the int8 pool rounds half to even —
-    // measured 98.55% equal there (1 step at most).
-    for l in &r.layers {
-        let a = l.local.as_ref().unwrap_or(&l.end_to_end);
-        let min = if l.op == "global_avg_pool" {
-            0.98
-        } else {
-            0.99
-        };
-        assert!(
-            a.equal_fraction >= min && a.max_step_diff <= 1,
-            "{}: {r}",
-            l.name
-        );
-    }
-    // End to end the drift grows through the 17 blocks (measured: down to 42% equal, up
-    // to 20 steps inside the net, top-1 125/128); the int8 model agrees with the
+    // Layer by layer the simulation (pool mean and bias rounded as int8 rounds them) is
+    // measured ≥ 99.9988% equal and ≤ 1 step at every layer (before those two: 98.55% at
+    // the pool, 99% elsewhere). End to end the rare one-step differences still grow
+    // through the 17 blocks (measured: worst layer 95.2% equal, up to 12 steps; top-1
+    // 126/128; before: 42% equal, 20 steps, 125/128); the int8 model agrees with the
     // integer-exact mode instead, bit for bit.
+    assert!(r.all_local_within(0.999, 1), "{r}");
+    assert!(
+        r.layers.iter().all(|l| l.end_to_end.equal_fraction >= 0.9),
+        "{r}"
+    );
     assert!(r.top1_agreement >= 0.95, "{r}");
 }
 

@@ -53,6 +53,7 @@ pub struct QatGraph {
     module: GraphModule,
     nodes: Vec<QatNode>,
     bn_frozen: AtomicBool,
+    int8_bias: AtomicBool,
     last_use: Vec<usize>,
 }
 
@@ -197,6 +198,7 @@ impl QatGraph {
             module,
             nodes,
             bn_frozen: AtomicBool::new(false),
+            int8_bias: AtomicBool::new(true),
             last_use,
         })
     }
@@ -278,6 +280,17 @@ impl QatGraph {
     /// Whether the folded BNs are frozen.
     pub fn bn_frozen(&self) -> bool {
         self.bn_frozen.load(Ordering::Relaxed)
+    }
+
+    /// Whether eval adds the int8 model's bias rounding to each quantized conv / linear
+    /// (on by default; see [`QatGraph::forward_t`]). Off, eval is PyTorch's QAT forward,
+    /// which keeps the folded bias in float: for parity with PyTorch's fake-quant outputs.
+    pub fn simulate_int8_bias(&self, on: bool) {
+        self.int8_bias.store(on, Ordering::Relaxed);
+    }
+    /// Whether eval adds the int8 model's bias rounding.
+    pub fn int8_bias_simulated(&self) -> bool {
+        self.int8_bias.load(Ordering::Relaxed)
     }
 
     /// Switch every observer on or off.
@@ -455,6 +468,12 @@ impl QatGraph {
     }
 
     /// Run on one input, returning the first output.
+    ///
+    /// The fake-quant forward is PyTorch's, with two changes that make it compute what the
+    /// converted int8 model computes: a quantized global average pool's mean is rounded on
+    /// the integer grid as the int8 pool rounds it (train and eval), and in eval each
+    /// quantized conv / linear adds its folded bias's rounding to i32
+    /// ([`QatGraph::simulate_int8_bias`]; off gives PyTorch's eval outputs).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut outs = self.forward_all(&[x], train)?;
         Ok(outs.swap_remove(0))
@@ -552,7 +571,8 @@ impl QatGraph {
     }
 
     /// Node `i`'s value (before its output fake-quant) from its inputs' values: a quantized
-    /// weighted node through [`Self::qat_node`], a quantized pool rounded onto its input's
+    /// weighted node through [`Self::qat_node`] (in eval with the int8 model's bias
+    /// rounding, see [`super::bias`]), a quantized pool rounded onto its input's
     /// grid as the int8 pool rounds it (PyTorch's QAT graph leaves the mean unrounded, and
     /// its int8 model then disagrees with it on every half-step tie and more), anything
     /// else as the float module runs it.
@@ -560,7 +580,12 @@ impl QatGraph {
         let node = &self.graph().nodes()[i];
         let q = &self.nodes[i];
         if q.config.is_some() && q.weight.is_some() {
-            return self.qat_node(i, ins, train);
+            let y = self.qat_node(i, ins, train)?;
+            return if train || !self.int8_bias_simulated() {
+                Ok(y)
+            } else {
+                super::bias::with_int8_bias(self, NodeId(i), y)
+            };
         }
         let y = self.module.eval_node(i, ins, train)?;
         if q.config.is_none() {
@@ -581,7 +606,7 @@ impl QatGraph {
 
     /// The fake-quant that sets the qparams of node `id`'s value: its own output
     /// fake-quant, or (ops that keep their input's qparams) its input's.
-    fn value_fq(&self, id: NodeId) -> Option<&FqModule> {
+    pub(crate) fn value_fq(&self, id: NodeId) -> Option<&FqModule> {
         let g = self.graph();
         let mut cur = id;
         loop {

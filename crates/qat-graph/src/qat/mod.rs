@@ -2,6 +2,7 @@
 //! [`prepare_qat`](crate::prepare_qat)), its fake-quant modules ([`FqModule`]) and the
 //! BN-folding forward of QAT Conv+BN / Linear+BN ([`fold`]).
 
+mod bias;
 pub mod fold;
 pub mod fq;
 mod graph;

@@ -171,6 +171,26 @@ fn huge_multipliers_saturate_exactly() {
     }
 }
 
+/// Narrow outputs (one or two 16-column vectors per row, which the AVX-512 kernel requantizes
+/// four or two rows at a time): every row count of a tile, contiguous rows (`ldc == n`) and
+/// padded ones, full and ragged column counts, both epilogue paths (plain and huge multipliers).
+#[test]
+fn narrow_outputs_every_row_count() {
+    for isa in isas("narrow_outputs_every_row_count") {
+        for n in [1, 8, 15, 16, 17, 24, 32] {
+            for m in [1, 2, 3, 4, 5, 6, 7, 8, 9, 13] {
+                for pad in [0, 3] {
+                    let p = Problem::random(m, 16, n, pad, (m * 100 + n * 7 + pad) as u64);
+                    p.check(isa, 1);
+                    let mut huge = p.clone();
+                    huge.requant.iter_mut().for_each(|r| r.multiplier = 1.0e9);
+                    huge.check(isa, 1);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn thread_counts_agree() {
     for isa in isas("thread_counts_agree") {

@@ -109,6 +109,24 @@ unsafe fn tile<const R: usize, const C: usize>(t: &Tile) {
                 }
             }
         }
+        Out::U8 { ptr, ldc } if C <= 2 => {
+            // One or two vectors per row: pack 4 / C rows together (see `store_rows`).
+            let e = U8Epilogue::<C>::new_rows(t);
+            let per = 4 / C;
+            let mut r0 = 0;
+            while r0 < R {
+                let rows = (R - r0).min(per);
+                // Slot j holds row r0 + j / C (the last row repeated past R), vector j % C.
+                let v = std::array::from_fn(|j| acc[(r0 + j / C).min(R - 1)][j % C]);
+                let dst = ptr.add(r0 * ldc);
+                if t.fits_i32 {
+                    e.store_rows::<false>(v, dst, ldc, rows);
+                } else {
+                    e.store_rows::<true>(v, dst, ldc, rows);
+                }
+                r0 += rows;
+            }
+        }
         Out::U8 { ptr, ldc } => {
             let e = U8Epilogue::<C>::new(t);
             if t.fits_i32 {
@@ -142,9 +160,12 @@ unsafe fn tile<const R: usize, const C: usize>(t: &Tile) {
 /// packs: `vcvtps2dq` then converts every lane exactly, a lane above `hi` rounds to at least
 /// `hi` (an integer), and the monotone saturating packs keep it at or above `qmax`, which the
 /// byte `min` restores; lanes in range pass the packs unchanged as before.
+///
+/// With one or two vectors per row, [`U8Epilogue::store_rows`] packs the vectors of 4 / C
+/// rows together instead of repeating one row's vectors: fewer packs per output byte.
 struct U8Epilogue<const C: usize> {
-    mult: [__m512; C],
-    hi: [__m512; C],
+    mult: [__m512; 4],
+    hi: [__m512; 4],
     /// `zero_point` as i16 in the packed order of vector pairs (0, 1) and (2, 2).
     zp: [__m512i; 2],
     /// `qmin` / `qmax` as bytes in the packed (pre-permutation) order.
@@ -160,12 +181,33 @@ impl<const C: usize> U8Epilogue<C> {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn new(t: &Tile) -> Self {
-        let ld_i = |p: *const i32, c: usize| _mm512_loadu_si512(p.add(16 * c.min(C - 1)).cast());
-        let zp = [0, 1, 2, 3].map(|c| ld_i(t.zero_point, c));
+        Self::with_slots(t, |j| j.min(C - 1))
+    }
+
+    /// The constants of [`U8Epilogue::store_rows`]: slot `j` is column vector `j % C`.
+    ///
+    /// # Safety
+    /// As [`U8Epilogue::new`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn new_rows(t: &Tile) -> Self {
+        Self::with_slots(t, |j| j % C)
+    }
+
+    /// Constants for the four packed slots, slot `j` holding column vector `col(j) < C`.
+    ///
+    /// # Safety
+    /// As [`U8Epilogue::new`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn with_slots(t: &Tile, col: impl Fn(usize) -> usize) -> Self {
+        let ld_i = |p: *const i32, j: usize| _mm512_loadu_si512(p.add(16 * col(j)).cast());
+        let ld_f = |p: *const f32, j: usize| _mm512_loadu_ps(p.add(16 * col(j)));
+        let zp = [0, 1, 2, 3].map(|j| ld_i(t.zero_point, j));
         // Each column's qmin (= lo + zp, exact), through the same packs as the data.
-        let qmin32 = [0, 1, 2, 3].map(|c| {
-            let lo = _mm512_cvtps_epi32(_mm512_loadu_ps(t.lo.add(16 * c.min(C - 1))));
-            _mm512_add_epi32(lo, ld_i(t.zero_point, c))
+        let qmin32 = [0, 1, 2, 3].map(|j| {
+            let lo = _mm512_cvtps_epi32(ld_f(t.lo, j));
+            _mm512_add_epi32(lo, ld_i(t.zero_point, j))
         });
         let packed16 = |v: [__m512i; 4]| {
             [
@@ -173,15 +215,15 @@ impl<const C: usize> U8Epilogue<C> {
                 _mm512_packs_epi32(v[2], v[3]),
             ]
         };
-        let qmax32 = [0, 1, 2, 3].map(|c| {
-            let hi = _mm512_cvtps_epi32(_mm512_loadu_ps(t.hi.add(16 * c.min(C - 1))));
-            _mm512_add_epi32(hi, ld_i(t.zero_point, c))
+        let qmax32 = [0, 1, 2, 3].map(|j| {
+            let hi = _mm512_cvtps_epi32(ld_f(t.hi, j));
+            _mm512_add_epi32(hi, ld_i(t.zero_point, j))
         });
         let q16 = packed16(qmin32);
         let x16 = packed16(qmax32);
         U8Epilogue {
-            mult: std::array::from_fn(|c| _mm512_loadu_ps(t.multiplier.add(16 * c))),
-            hi: std::array::from_fn(|c| _mm512_loadu_ps(t.hi.add(16 * c))),
+            mult: std::array::from_fn(|j| ld_f(t.multiplier, j)),
+            hi: std::array::from_fn(|j| ld_f(t.hi, j)),
             zp: packed16(zp),
             qmin: _mm512_packus_epi16(q16[0], q16[1]),
             qmax: _mm512_packus_epi16(x16[0], x16[1]),
@@ -218,5 +260,76 @@ impl<const C: usize> U8Epilogue<C> {
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         // SAFETY: masked to the row's `nc` valid columns (caller).
         _mm512_mask_storeu_epi8(dst.cast(), self.mask, _mm512_permutexvar_epi32(order, b));
+    }
+
+    /// Requantize `rows ≤ 4 / C` rows at once (`C ≤ 2`): slot `j` of `v` is row `j / C`'s
+    /// vector `j % C` (slots of missing rows repeat a real one; they are never stored), and row
+    /// `i`'s `nc` bytes go to `dst + i·ldc`. The same packs as [`U8Epilogue::store`], but every
+    /// packed byte belongs to an output row instead of three quarters (C = 1) or half (C = 2)
+    /// of them repeating the row's vectors. Built by [`U8Epilogue::new_rows`].
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL; `C ≤ 2`; rows `0..rows` are writable for `nc` bytes at `dst + i·ldc`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn store_rows<const FLOAT_CLAMP: bool>(
+        &self,
+        v: [__m512i; 4],
+        dst: *mut u8,
+        ldc: usize,
+        rows: usize,
+    ) {
+        let q: [__m512i; 4] = std::array::from_fn(|j| {
+            let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v[j]), self.mult[j]);
+            if FLOAT_CLAMP {
+                _mm512_cvtps_epi32(_mm512_min_ps(x, self.hi[j]))
+            } else {
+                _mm512_cvtps_epi32(x)
+            }
+        });
+        let w01 = _mm512_adds_epi16(_mm512_packs_epi32(q[0], q[1]), self.zp[0]);
+        let w23 = _mm512_adds_epi16(_mm512_packs_epi32(q[2], q[3]), self.zp[1]);
+        let b = _mm512_max_epu8(_mm512_packus_epi16(w01, w23), self.qmin);
+        let b = if FLOAT_CLAMP {
+            b
+        } else {
+            _mm512_min_epu8(b, self.qmax)
+        };
+        // 128-bit lane j of the result = slot j's 16 columns, in order.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let b = _mm512_permutexvar_epi32(order, b);
+        let row_bytes = 16 * C;
+        // SAFETY (stores): each writes row i < rows at `dst + i·ldc`, masked to `nc` bytes.
+        if self.mask == (1u64 << row_bytes) - 1 && ldc == row_bytes {
+            // Full rows back to back: one store.
+            let m = if rows * row_bytes == 64 {
+                !0
+            } else {
+                (1u64 << (rows * row_bytes)) - 1
+            };
+            _mm512_mask_storeu_epi8(dst.cast(), m, b);
+        } else if C == 1 {
+            let m = self.mask as __mmask16;
+            _mm_mask_storeu_epi8(dst.cast(), m, _mm512_castsi512_si128(b));
+            if rows > 1 {
+                let l = _mm512_extracti32x4_epi32::<1>(b);
+                _mm_mask_storeu_epi8(dst.add(ldc).cast(), m, l);
+            }
+            if rows > 2 {
+                let l = _mm512_extracti32x4_epi32::<2>(b);
+                _mm_mask_storeu_epi8(dst.add(2 * ldc).cast(), m, l);
+            }
+            if rows > 3 {
+                let l = _mm512_extracti32x4_epi32::<3>(b);
+                _mm_mask_storeu_epi8(dst.add(3 * ldc).cast(), m, l);
+            }
+        } else {
+            let m = self.mask as __mmask32;
+            _mm256_mask_storeu_epi8(dst.cast(), m, _mm512_castsi512_si256(b));
+            if rows > 1 {
+                let h = _mm512_extracti64x4_epi64::<1>(b);
+                _mm256_mask_storeu_epi8(dst.add(ldc).cast(), m, h);
+            }
+        }
     }
 }

@@ -220,6 +220,42 @@ pub(crate) fn conv_bn_act_train(
     Ok(Some((o.y, o.mean, o.var)))
 }
 
+/// [`conv_bn_act_train`] with the BatchNorm on the un-scaled convolution output
+/// `conv / divisor (+ shift)` (the live QAT Conv+BN, one op: [`crate::ops::conv1x1_bn_act_train_prescaled`]
+/// or [`crate::ops::depthwise_bn_act_train_prescaled`]). Returns `(y, batch_mean, biased_batch_var)`,
+/// or `None` off the fast CPU path or for other convolutions (the caller composes).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_bn_act_train_prescaled(
+    x: &Tensor,
+    w: &Tensor,
+    (divisor, shift): (&Tensor, Option<&Tensor>),
+    (gamma, beta): (&Tensor, &Tensor),
+    eps: f64,
+    c: &Conv2dCfg,
+    act: Option<Act>,
+    path: OpsPath,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    if path != OpsPath::Fast || !x.device().is_cpu() || x.rank() != 4 {
+        return Ok(None);
+    }
+    let bounds = act.map(|a| match a {
+        Act::ReLU => (0f32, f32::INFINITY),
+        Act::ReLU6 => (0f32, 6f32),
+    });
+    let pointwise = c.kernel == [1, 1] && c.groups == 1 && c.padding == 0 && c.stride == 1;
+    let o = if pointwise {
+        crate::ops::conv1x1_bn_act_train_prescaled(x, w, divisor, shift, gamma, beta, eps, bounds)?
+    } else if c.is_depthwise() {
+        let geom = (c.stride, c.padding, c.dilation);
+        crate::ops::depthwise_bn_act_train_prescaled(
+            x, w, divisor, shift, gamma, beta, eps, geom, bounds,
+        )?
+    } else {
+        return Ok(None);
+    };
+    Ok(Some((o.y, o.mean, o.var)))
+}
+
 /// [`batch_norm_train`] of `x / divisor (+ shift)` when `pre` is given; on the fast path one
 /// op ([`crate::ops::batch_norm_train_prescaled`]) that never stores the divided tensor.
 pub(crate) fn batch_norm_train_prescaled(

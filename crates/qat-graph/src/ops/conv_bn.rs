@@ -33,7 +33,7 @@ struct Saved {
 
 /// The convolution inside the op.
 #[derive(Clone, Debug)]
-enum Conv {
+pub(super) enum Conv {
     /// Input `[N, C, P]` (P = H·W), weight `[O, C, 1, 1]`, output `[N, O, P]`.
     Pointwise {
         n: usize,
@@ -45,20 +45,20 @@ enum Conv {
 }
 
 impl Conv {
-    fn x_len(&self) -> usize {
+    pub(super) fn x_len(&self) -> usize {
         match self {
             Conv::Pointwise { n, c, p, .. } => n * c * p,
             Conv::Depthwise(g) => g.in_len(),
         }
     }
-    fn w_len(&self) -> usize {
+    pub(super) fn w_len(&self) -> usize {
         match self {
             Conv::Pointwise { c, o, .. } => o * c,
             Conv::Depthwise(g) => g.w_len(),
         }
     }
     /// The BatchNorm's view of the output: `N`, channels, plane size.
-    fn bn(&self) -> Dims {
+    pub(super) fn bn(&self) -> Dims {
         match self {
             &Conv::Pointwise { n, o, p, .. } => Dims { n, c: o, plane: p },
             Conv::Depthwise(g) => {
@@ -72,7 +72,7 @@ impl Conv {
         }
     }
 
-    fn forward(&self, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+    pub(super) fn forward(&self, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
         match self {
             &Conv::Pointwise { n, c, o, p } => {
                 let mut z = vec![0f32; n * o * p];
@@ -90,7 +90,7 @@ impl Conv {
     }
 
     /// Writes `dx` and `dw` (zeroed by the caller) from the output gradient `dz`.
-    fn backward(
+    pub(super) fn backward(
         &self,
         x: &[f32],
         w: &[f32],
@@ -242,7 +242,7 @@ impl CustomOp3 for ConvBnBackward {
 }
 
 /// The 1×1 convolution of `x` by `w`, checked.
-fn pointwise(x: &Tensor, w: &Tensor, op: &str) -> Result<Conv> {
+pub(super) fn pointwise(x: &Tensor, w: &Tensor, op: &str) -> Result<Conv> {
     let (n, c, h, wd) = dims4(x, op, "input")?;
     let (o, wc, kh, kw) = dims4(w, op, "weight")?;
     if (kh, kw) != (1, 1) {

@@ -17,7 +17,9 @@ mod batch_norm;
 mod bias;
 mod channel;
 mod conv_bn;
+mod conv_prescaled_bn;
 mod depthwise;
+mod frozen_bn;
 mod pointwise;
 mod prescaled_bn;
 
@@ -34,7 +36,12 @@ pub use conv_bn::{
     conv1x1_bn_act_train, conv1x1_bn_act_train_slow, conv1x1_bn_train, depthwise_bn_act_train,
     depthwise_bn_act_train_slow,
 };
+pub use conv_prescaled_bn::{
+    conv1x1_bn_act_train_prescaled, conv_bn_act_train_prescaled_slow,
+    depthwise_bn_act_train_prescaled,
+};
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_dilated, depthwise_conv2d_slow};
+pub use frozen_bn::{channel_div_affine_act_nchw, channel_div_affine_act_nchw_slow};
 pub use pointwise::{conv1x1, conv1x1_slow};
 pub use prescaled_bn::{
     batch_norm_act_train_prescaled, batch_norm_act_train_prescaled_slow,

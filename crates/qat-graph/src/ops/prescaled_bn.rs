@@ -23,10 +23,10 @@ use super::common::{
 
 /// Per-channel statistics of `z`, saved by the forward for the backward.
 #[derive(Debug, Default)]
-struct Stats {
-    mean: Vec<f32>,
+pub(super) struct Stats {
+    pub(super) mean: Vec<f32>,
     invstd: Vec<f32>,
-    var: Vec<f32>,
+    pub(super) var: Vec<f32>,
 }
 
 /// `z = x / s + b` for plane `i` of `x` into `z`.
@@ -35,48 +35,27 @@ fn z_plane(z: &mut [f32], x: &[f32], d: Dims, i: usize, s: &[f32], b: &[f32]) {
     fwd_plane(z, &x[i * d.plane..(i + 1) * d.plane], s[c], b[c], true);
 }
 
-/// Runs `f(c, chan_out) -> T` for every channel, where `chan_out` receives the channel's `N`
-/// planes image-major; scatters them into the NCHW buffer `out` and returns the results in
-/// channel order. Channels run on rayon's pool when big and more than one thread is there.
+/// Runs `f(c, planes) -> T` for every channel, where `planes` are the channel's `N` planes of
+/// the NCHW buffer `out` (image order, written in place: no channel buffer copied back), and
+/// returns the results in channel order. Channels run on rayon's pool when big and more than
+/// one thread is there.
 fn per_channel_out<T: Send>(
     d: Dims,
     out: &mut [f32],
-    f: impl Fn(usize, &mut [f32]) -> T + Sync,
+    f: impl Fn(usize, &mut [&mut [f32]]) -> T + Sync,
 ) -> Vec<T> {
-    let scatter = |c: usize, chan: &[f32], out: &mut [f32]| {
-        for (n, p) in chan.chunks_exact(d.plane).enumerate() {
-            let i = n * d.c + c;
-            out[i * d.plane..(i + 1) * d.plane].copy_from_slice(p);
+    let parallel = out.len() >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1;
+    let mut chans: Vec<Vec<&mut [f32]>> = (0..d.c).map(|_| Vec::with_capacity(d.n)).collect();
+    if d.plane > 0 {
+        for (i, p) in out.chunks_exact_mut(d.plane).enumerate() {
+            chans[i % d.c].push(p);
         }
-    };
-    if d.plane == 0 {
-        let mut empty: [f32; 0] = [];
-        return (0..d.c).map(|c| f(c, &mut empty)).collect();
     }
-    if out.len() >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1 {
-        let res: Vec<(T, Vec<f32>)> = (0..d.c)
-            .into_par_iter()
-            .map(|c| {
-                let mut chan = vec![0f32; d.n * d.plane];
-                (f(c, &mut chan), chan)
-            })
-            .collect();
-        res.into_iter()
-            .enumerate()
-            .map(|(c, (t, chan))| {
-                scatter(c, &chan, out);
-                t
-            })
-            .collect()
+    let run = |(c, mut planes): (usize, Vec<&mut [f32]>)| f(c, &mut planes);
+    if parallel {
+        chans.into_par_iter().enumerate().map(run).collect()
     } else {
-        let mut chan = vec![0f32; d.n * d.plane];
-        (0..d.c)
-            .map(|c| {
-                let t = f(c, &mut chan);
-                scatter(c, &chan, out);
-                t
-            })
-            .collect()
+        chans.into_iter().enumerate().map(run).collect()
     }
 }
 
@@ -101,6 +80,45 @@ fn z_channel(z: &mut [f32], x: &[f32], d: Dims, c: usize, s: &[f32], b: &[f32]) 
     for (n, zp) in z.chunks_exact_mut(d.plane.max(1)).enumerate() {
         z_plane(zp, x, d, n * d.c + c, s, b);
     }
+}
+
+/// The forward on `x` (NCHW, `d`) with `gs = [γ | s]`, `bb = [β | b]`: the output and the
+/// statistics of `z = x / s + b`.
+pub(super) fn forward_core(
+    x: &[f32],
+    gs: &[f32],
+    bb: &[f32],
+    d: Dims,
+    eps: f64,
+    act: Option<(Act, f32, f32)>,
+) -> (Vec<f32>, Stats) {
+    let (gamma, s) = gs.split_at(d.c);
+    let (beta, b) = bb.split_at(d.c);
+    let m = d.count() as f64;
+    let mut y = vec![0f32; x.len()];
+    // Per channel: z once (cache-resident), its statistics, then y from it.
+    let stats: Vec<(f32, f32, f32)> = per_channel_out(d, &mut y, |c, yc| {
+        let mut z = vec![0f32; d.n * d.plane];
+        z_channel(&mut z, x, d, c, s, b);
+        let mean = (sum(&z) as f64 / m) as f32;
+        let mut var = 0f64;
+        sq_dev(&z, mean, &mut var);
+        let var = (var / m) as f32;
+        let invstd = (1.0 / (var as f64 + eps).sqrt()) as f32;
+        let a = gamma[c] * invstd;
+        let off = beta[c] - a * mean;
+        for (yp, zp) in yc.iter_mut().zip(z.chunks_exact(d.plane.max(1))) {
+            match act {
+                None => affine(yp, zp, a, off),
+                Some((_, lo, hi)) => affine_clamp(yp, zp, a, off, lo, hi),
+            }
+        }
+        (mean, var, invstd)
+    });
+    let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
+    let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
+    let invstd: Vec<f32> = stats.iter().map(|s| s.2).collect();
+    (y, Stats { mean, invstd, var })
 }
 
 /// `(x [N,C,H,W], [γ | s] (2C), [β | b] (2C)) -> y`.
@@ -129,32 +147,8 @@ impl CustomOp3 for Forward {
         let x = slice_f32(s1, l1, self.name(), "input")?;
         let gs = slice_f32(s2, l2, self.name(), "weight and divisor")?;
         let bb = slice_f32(s3, l3, self.name(), "bias and shift")?;
-        let d = self.d;
-        let (gamma, s) = gs.split_at(d.c);
-        let (beta, b) = bb.split_at(d.c);
-        let m = d.count() as f64;
-        let mut y = vec![0f32; x.len()];
-        // Per channel: z once (cache-resident), its statistics, then y from it.
-        let stats: Vec<(f32, f32, f32)> = per_channel_out(d, &mut y, |c, yc| {
-            let mut z = vec![0f32; d.n * d.plane];
-            z_channel(&mut z, x, d, c, s, b);
-            let mean = (sum(&z) as f64 / m) as f32;
-            let mut var = 0f64;
-            sq_dev(&z, mean, &mut var);
-            let var = (var / m) as f32;
-            let invstd = (1.0 / (var as f64 + self.eps).sqrt()) as f32;
-            let a = gamma[c] * invstd;
-            let off = beta[c] - a * mean;
-            match self.act {
-                None => affine(yc, &z, a, off),
-                Some((_, lo, hi)) => affine_clamp(yc, &z, a, off, lo, hi),
-            }
-            (mean, var, invstd)
-        });
-        let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
-        let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
-        let invstd: Vec<f32> = stats.iter().map(|s| s.2).collect();
-        *lock_state(&self.stats, self.name())? = Stats { mean, invstd, var };
+        let (y, stats) = forward_core(x, gs, bb, self.d, self.eps, self.act);
+        *lock_state(&self.stats, self.name())? = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -218,71 +212,87 @@ impl CustomOp3 for Backward {
                 self.name()
             )
         }
-        let (gamma, rest) = params.split_at(d.c);
-        let (s, rest) = rest.split_at(d.c);
-        let (beta, b) = rest.split_at(d.c);
-        let m = d.count() as f64;
-        let plane = |i: usize| i * d.plane..(i + 1) * d.plane;
         let mut out = vec![0f32; x.len() + 4 * d.c];
         let (dx, tail) = out.split_at_mut(x.len());
-        // Per channel: z once; with an activation, dy masked by its gradient (pre-activation
-        // recomputed with the forward's coefficients) into a channel buffer; Σdy and
-        // Σdy·(z − mean); then dz = k·dy + mz·z + q (the BatchNorm backward) and dx = dz / s
-        // with Σdz and Σdz·x. The same kernels as the unfused ops, so the same rounding.
-        let sums: Vec<[f64; 4]> = per_channel_out(d, dx, |c, dxc| {
-            let mut z = vec![0f32; d.n * d.plane];
-            z_channel(&mut z, x, d, c, s, b);
-            let mut masked = Vec::new();
-            if let Some(act) = self.act {
-                let a = gamma[c] * st.invstd[c];
-                let ab = (a, beta[c] - a * st.mean[c]);
-                masked = vec![0f32; d.n * d.plane];
-                for (n, (gm, zp)) in masked
-                    .chunks_exact_mut(d.plane.max(1))
-                    .zip(z.chunks_exact(d.plane.max(1)))
-                    .enumerate()
-                {
-                    mask(gm, &dy[plane(n * d.c + c)], zp, ab, act);
-                }
-            }
-            let dyc = |n: usize| match self.act {
-                None => &dy[plane(n * d.c + c)],
-                Some(_) => &masked[n * d.plane..(n + 1) * d.plane],
-            };
-            let (mut sdy, mut sdyzc) = (0f64, 0f64);
-            for (n, zp) in z.chunks_exact(d.plane.max(1)).enumerate() {
-                let mut o = (0f64, 0f64);
-                grad_sums(dyc(n), zp, st.mean[c], &mut o);
-                sdy += o.0;
-                sdyzc += o.1;
-            }
-            let inv = st.invstd[c] as f64;
-            let k = gamma[c] as f64 * inv;
-            let mz = -k * sdyzc * inv * inv / m;
-            let q = -k * sdy / m - mz * st.mean[c] as f64;
-            let mut dz = vec![0f32; d.plane];
-            let (mut sdz, mut sdzx) = (0f64, 0f64);
-            for (n, (zp, dxp)) in z
-                .chunks_exact(d.plane.max(1))
-                .zip(dxc.chunks_exact_mut(d.plane.max(1)))
+        backward_core(x, dy, params, &st, d, self.act, dx, tail);
+        Ok((CpuStorage::F32(out), Shape::from(x.len() + 4 * d.c)))
+    }
+}
+
+/// The backward on `x` (checked by the caller against `d`, `st` and `params = [γ | s | β | b]`):
+/// writes `dx` and `tail = [dγ | ds | dβ | db]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_core(
+    x: &[f32],
+    dy: &[f32],
+    params: &[f32],
+    st: &Stats,
+    d: Dims,
+    act: Option<Act>,
+    dx: &mut [f32],
+    tail: &mut [f32],
+) {
+    let (gamma, rest) = params.split_at(d.c);
+    let (s, rest) = rest.split_at(d.c);
+    let (beta, b) = rest.split_at(d.c);
+    let m = d.count() as f64;
+    let plane = |i: usize| i * d.plane..(i + 1) * d.plane;
+    // Per channel: z once; with an activation, dy masked by its gradient (pre-activation
+    // recomputed with the forward's coefficients) into a channel buffer; Σdy and
+    // Σdy·(z − mean); then dz = k·dy + mz·z + q (the BatchNorm backward) and dx = dz / s
+    // with Σdz and Σdz·x. The same kernels as the unfused ops, so the same rounding.
+    let sums: Vec<[f64; 4]> = per_channel_out(d, dx, |c, dxc| {
+        let mut z = vec![0f32; d.n * d.plane];
+        z_channel(&mut z, x, d, c, s, b);
+        let mut masked = Vec::new();
+        if let Some(act) = act {
+            let a = gamma[c] * st.invstd[c];
+            let ab = (a, beta[c] - a * st.mean[c]);
+            masked = vec![0f32; d.n * d.plane];
+            for (n, (gm, zp)) in masked
+                .chunks_exact_mut(d.plane.max(1))
+                .zip(z.chunks_exact(d.plane.max(1)))
                 .enumerate()
             {
-                let i = n * d.c + c;
-                dx_kernel(&mut dz, dyc(n), zp, k as f32, mz as f32, q as f32);
-                let (a, bsum) = bwd_plane(dxp, &dz, &x[plane(i)], s[c], true);
-                sdz += a;
-                sdzx += bsum;
+                mask(gm, &dy[plane(n * d.c + c)], zp, ab, act);
             }
-            [sdy, sdyzc, sdz, sdzx]
-        });
-        for (c, &[sdy, sdyzc, sdz, sdzx]) in sums.iter().enumerate() {
-            let sc = s[c] as f64;
-            tail[c] = (sdyzc * st.invstd[c] as f64) as f32;
-            tail[d.c + c] = (-sdzx / (sc * sc)) as f32;
-            tail[2 * d.c + c] = sdy as f32;
-            tail[3 * d.c + c] = sdz as f32;
         }
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 4 * d.c)))
+        let dyc = |n: usize| match act {
+            None => &dy[plane(n * d.c + c)],
+            Some(_) => &masked[n * d.plane..(n + 1) * d.plane],
+        };
+        let (mut sdy, mut sdyzc) = (0f64, 0f64);
+        for (n, zp) in z.chunks_exact(d.plane.max(1)).enumerate() {
+            let mut o = (0f64, 0f64);
+            grad_sums(dyc(n), zp, st.mean[c], &mut o);
+            sdy += o.0;
+            sdyzc += o.1;
+        }
+        let inv = st.invstd[c] as f64;
+        let k = gamma[c] as f64 * inv;
+        let mz = -k * sdyzc * inv * inv / m;
+        let q = -k * sdy / m - mz * st.mean[c] as f64;
+        let mut dz = vec![0f32; d.plane];
+        let (mut sdz, mut sdzx) = (0f64, 0f64);
+        for (n, (zp, dxp)) in z
+            .chunks_exact(d.plane.max(1))
+            .zip(dxc.iter_mut())
+            .enumerate()
+        {
+            let i = n * d.c + c;
+            dx_kernel(&mut dz, dyc(n), zp, k as f32, mz as f32, q as f32);
+            let (a, bsum) = bwd_plane(dxp, &dz, &x[plane(i)], s[c], true);
+            sdz += a;
+            sdzx += bsum;
+        }
+        [sdy, sdyzc, sdz, sdzx]
+    });
+    for (c, &[sdy, sdyzc, sdz, sdzx]) in sums.iter().enumerate() {
+        let sc = s[c] as f64;
+        tail[c] = (sdyzc * st.invstd[c] as f64) as f32;
+        tail[d.c + c] = (-sdzx / (sc * sc)) as f32;
+        tail[2 * d.c + c] = sdy as f32;
+        tail[3 * d.c + c] = sdz as f32;
     }
 }
 

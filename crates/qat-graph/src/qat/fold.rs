@@ -18,7 +18,7 @@
 use candle_core::{Tensor, Var};
 
 use crate::error::{GraphError, Result};
-use crate::ir::{Act, BnCfg};
+use crate::ir::{Act, BnCfg, Conv2dCfg};
 use crate::prims::{self, OpsPath};
 use crate::qat::fq::FqModule;
 
@@ -82,6 +82,55 @@ pub fn folded_bn_act_forward(
     path: OpsPath,
     op: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
+    let (scale_factor, scaled) = folded_weight(weight, bn, weight_fq)?;
+    let y = op(x, &scaled)?;
+    batch_norm_prescaled(bn, &y, Some((&scale_factor, bias)), stats, (act, path))
+}
+
+/// [`folded_bn_act_forward`] of the convolution `conv`. With batch statistics on the fast CPU
+/// path a 1×1 or depthwise convolution and the BatchNorm (+ activation) run as one op
+/// ([`prims::conv_bn_act_train_prescaled`]): the same values and gradients, without the
+/// convolution's output as an autograd tensor.
+#[allow(clippy::too_many_arguments)]
+pub fn folded_conv_bn_act_forward(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    bn: &BnVars,
+    stats: BnStats,
+    weight_fq: Option<&FqModule>,
+    act: Option<Act>,
+    path: OpsPath,
+    conv: &Conv2dCfg,
+) -> Result<Tensor> {
+    let (scale_factor, scaled) = folded_weight(weight, bn, weight_fq)?;
+    if stats == BnStats::Batch {
+        let fused = prims::conv_bn_act_train_prescaled(
+            x,
+            &scaled,
+            (&scale_factor, bias),
+            (bn.weight.as_tensor(), bn.bias.as_tensor()),
+            bn.cfg.eps,
+            conv,
+            act,
+            path,
+        )?;
+        if let Some((y, mean, var)) = fused {
+            update_running_stats(bn, y.elem_count() / y.dim(1)?, &mean, &var)?;
+            return Ok(y);
+        }
+    }
+    let y = prims::conv2d(x, &scaled, None, conv, path)?;
+    batch_norm_prescaled(bn, &y, Some((&scale_factor, bias)), stats, (act, path))
+}
+
+/// The BN scale factor `γ / √(running_var + ε)` and the weight scaled by it per output channel,
+/// through the weight fake-quant when there is one.
+fn folded_weight(
+    weight: &Tensor,
+    bn: &BnVars,
+    weight_fq: Option<&FqModule>,
+) -> Result<(Tensor, Tensor)> {
     let running_std = (bn.running_var.as_detached_tensor() + bn.cfg.eps)?.sqrt()?;
     let scale_factor = bn.weight.as_tensor().div(&running_std)?;
     let scaled = prims::weight_channel_scale(weight, &scale_factor)?;
@@ -89,8 +138,7 @@ pub fn folded_bn_act_forward(
         Some(fq) => fq.forward(&scaled)?,
         None => scaled,
     };
-    let y = op(x, &scaled)?;
-    batch_norm_prescaled(bn, &y, Some((&scale_factor, bias)), stats, (act, path))
+    Ok((scale_factor, scaled))
 }
 
 /// BatchNorm over axis 1 with batch or running statistics (PyTorch's train / eval rules:
@@ -111,13 +159,24 @@ fn batch_norm_prescaled(
 ) -> Result<Tensor> {
     let eps = bn.cfg.eps;
     if stats == BnStats::Running {
+        let rstd = (bn.running_var.as_detached_tensor() + eps)?.sqrt()?;
+        let scale = bn.weight.as_tensor().div(&rstd)?;
+        let shift = (bn.bias.as_tensor() - (bn.running_mean.as_detached_tensor() * &scale)?)?;
+        if let Some((d, b)) = pre.filter(|_| fused_frozen_tail(x, act, path)) {
+            // Un-scaling, affine and activation as one op: the same values and gradients
+            // without two intermediate autograd tensors.
+            let bounds = act.map(|a| match a {
+                Act::ReLU => (0f32, f32::INFINITY),
+                Act::ReLU6 => (0f32, 6f32),
+            });
+            return Ok(crate::ops::channel_div_affine_act_nchw(
+                x, d, b, &scale, &shift, bounds,
+            )?);
+        }
         let x = &match pre {
             Some((d, b)) => prims::channel_div(x, d, b)?,
             None => x.clone(),
         };
-        let rstd = (bn.running_var.as_detached_tensor() + eps)?.sqrt()?;
-        let scale = bn.weight.as_tensor().div(&rstd)?;
-        let shift = (bn.bias.as_tensor() - (bn.running_mean.as_detached_tensor() * &scale)?)?;
         let y = prims::channel_affine(x, &scale, &shift)?;
         return Ok(prims::apply_act(y, act, path)?);
     }
@@ -140,6 +199,19 @@ fn batch_norm_prescaled(
             prims::batch_norm_train_prescaled(x, pre, gamma, beta, eps, OpsPath::default())?;
         (prims::apply_act(y, act, path)?, mean, var)
     };
+    update_running_stats(bn, per_channel, &mean, &var)?;
+    Ok(y)
+}
+
+/// PyTorch's running-statistics update after a train-mode BatchNorm whose batch statistics
+/// `mean` / biased `var` were taken over `per_channel` values per channel (running variance
+/// from the unbiased batch variance, `num_batches_tracked` + 1).
+fn update_running_stats(
+    bn: &BnVars,
+    per_channel: usize,
+    mean: &Tensor,
+    var: &Tensor,
+) -> Result<()> {
     let m = bn.cfg.momentum;
     let unbias = per_channel as f64 / (per_channel - 1) as f64;
     let rm = ((bn.running_mean.as_detached_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
@@ -149,5 +221,12 @@ fn batch_norm_prescaled(
     let count = bn.num_batches_tracked.as_tensor().to_scalar::<i64>()?;
     let dev = bn.num_batches_tracked.device().clone();
     bn.num_batches_tracked.set(&Tensor::new(count + 1, &dev)?)?;
-    Ok(y)
+    Ok(())
+}
+
+/// Whether the frozen tail (un-scaling, affine, activation) of `x` runs as the one fused CPU
+/// op: rank-4 CPU tensors, and the activation (if any) on the fast path, whose gradient rule
+/// the fused op shares.
+fn fused_frozen_tail(x: &Tensor, act: Option<Act>, path: OpsPath) -> bool {
+    x.device().is_cpu() && x.rank() == 4 && (act.is_none() || path == OpsPath::Fast)
 }

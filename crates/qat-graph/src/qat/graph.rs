@@ -13,7 +13,7 @@ use crate::graph::Graph;
 use crate::ir::{Act, NodeId, Op};
 use crate::params::ParamKind;
 use crate::prims::{self, OpsPath};
-use crate::qat::fold::{folded_bn_act_forward, folded_bn_forward, BnStats, BnVars};
+use crate::qat::fold::{folded_bn_forward, folded_conv_bn_act_forward, BnStats, BnVars};
 use crate::qat::fq::FqModule;
 use crate::qconfig::{NodeQConfig, QConfig};
 
@@ -651,9 +651,7 @@ impl QatGraph {
             Op::LinearAct { act: a, .. } => act(linear(x, &fq_w()?, b)?, Some(*a), path),
             Op::ConvBn { conv, act: a, .. } => {
                 let fq = q.weight_fq.as_ref();
-                folded_bn_act_forward(x, w, b, bn(), stats, fq, *a, path, |x, w| {
-                    Ok(prims::conv2d(x, w, None, conv, path)?)
-                })
+                folded_conv_bn_act_forward(x, w, b, bn(), stats, fq, *a, path, conv)
             }
             Op::LinearBn { .. } => {
                 folded_bn_forward(x, w, b, bn(), stats, q.weight_fq.as_ref(), |x, w| {

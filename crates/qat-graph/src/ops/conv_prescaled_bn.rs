@@ -1,0 +1,304 @@
+//! The live QAT Conv+BN(+ReLU / ReLU6) as one autograd op: a 1×1 or depthwise convolution by
+//! the (folded, fake-quantized) weight, then train-mode BatchNorm of its un-scaled output
+//! `u / s[c] + b[c]` ([`batch_norm_act_train_prescaled`](super::batch_norm_act_train_prescaled)).
+//!
+//! As two ops, the convolution's output `u` is an autograd node: candle's backward gives its
+//! gradient a zero-filled tensor and adds the BatchNorm's input gradient into it before the
+//! convolution's backward reads it. Here `u` stays inside the op (kept by the forward for the
+//! backward) and the BatchNorm backward writes straight into the buffer the convolution's
+//! backward reads — what [`super::conv_bn`] does for the float model. The kernels are those of
+//! the two ops, so values and gradients equal theirs bit for bit.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::batch_norm::{check_dims, Act, BatchNormTrainOutput};
+use super::common::{dims4, f32_contiguous, lock_state, slice_f32};
+use super::conv_bn::{pointwise, Conv};
+use super::depthwise::Geom as DwGeom;
+use super::prescaled_bn::{backward_core, forward_core, Stats};
+
+/// What the forward keeps for the backward.
+#[derive(Default)]
+struct Saved {
+    /// The convolution's output, NCHW.
+    u: Vec<f32>,
+    stats: Stats,
+    /// `[γ | s | β | b]`.
+    params: Vec<f32>,
+}
+
+/// `(x, w, [γ | s | β | b]) -> y`, keeping `u`, the statistics and the parameters in `saved`.
+struct Forward {
+    conv: Conv,
+    /// Output dims `[N, O, Ho, Wo]`.
+    out: (usize, usize, usize, usize),
+    eps: f64,
+    act: Option<(Act, f32, f32)>,
+    saved: Arc<Mutex<Saved>>,
+}
+
+impl CustomOp3 for Forward {
+    fn name(&self) -> &'static str {
+        "conv_bn_act_train_prescaled"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name(), "input")?;
+        let w = slice_f32(s2, l2, self.name(), "weight")?;
+        let p = slice_f32(s3, l3, self.name(), "BatchNorm parameters")?;
+        let d = self.conv.bn();
+        if x.len() != self.conv.x_len() || w.len() != self.conv.w_len() || p.len() != 4 * d.c {
+            bail!("{}: operand sizes do not match", self.name())
+        }
+        let u = self.conv.forward(x, w)?;
+        let (gs, bb) = p.split_at(2 * d.c);
+        let (y, stats) = forward_core(&u, gs, bb, d, self.eps, self.act);
+        *lock_state(&self.saved, self.name())? = Saved {
+            u,
+            stats,
+            params: p.to_vec(),
+        };
+        Ok((CpuStorage::F32(y), Shape::from(self.out)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _p: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let packed = x.apply_op3_no_bwd(
+            w,
+            &grad,
+            &Backward {
+                conv: self.conv.clone(),
+                act: self.act.map(|a| a.0),
+                saved: self.saved.clone(),
+            },
+        )?;
+        let (nx, nw, o) = (self.conv.x_len(), self.conv.w_len(), self.conv.bn().c);
+        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
+        let dp = packed.narrow(0, nx + nw, 4 * o)?;
+        Ok((Some(dx), Some(dw), Some(dp)))
+    }
+}
+
+/// `(x, w, dy) -> [dx | dw | dγ | ds | dβ | db]`, flat.
+struct Backward {
+    conv: Conv,
+    act: Option<Act>,
+    saved: Arc<Mutex<Saved>>,
+}
+
+impl CustomOp3 for Backward {
+    fn name(&self) -> &'static str {
+        "conv_bn_act_train_prescaled_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s1, l1, self.name(), "input")?;
+        let w = slice_f32(s2, l2, self.name(), "weight")?;
+        let dy = slice_f32(s3, l3, self.name(), "output gradient")?;
+        let d = self.conv.bn();
+        let (nx, nw, nu) = (self.conv.x_len(), self.conv.w_len(), d.n * d.c * d.plane);
+        let saved = lock_state(&self.saved, self.name())?;
+        if x.len() != nx
+            || w.len() != nw
+            || saved.u.len() != nu
+            || dy.len() != nu
+            || saved.params.len() != 4 * d.c
+            || saved.stats.mean.len() != d.c
+        {
+            bail!(
+                "{}: saved state or gradient do not match the input",
+                self.name()
+            )
+        }
+        let mut du = vec![0f32; nu];
+        let mut out = vec![0f32; nx + nw + 4 * d.c];
+        let (dx, rest) = out.split_at_mut(nx);
+        let (dw, dp) = rest.split_at_mut(nw);
+        backward_core(
+            &saved.u,
+            dy,
+            &saved.params,
+            &saved.stats,
+            d,
+            self.act,
+            &mut du,
+            dp,
+        );
+        self.conv.backward(x, w, &du, dx, dw)?;
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    conv: Conv,
+    x: &Tensor,
+    w: &Tensor,
+    (divisor, shift): (&Tensor, Option<&Tensor>),
+    (gamma, beta): (&Tensor, &Tensor),
+    eps: f64,
+    act: Option<(f32, f32)>,
+    op: &str,
+) -> Result<BatchNormTrainOutput> {
+    if eps.is_nan() || eps < 0.0 {
+        bail!("{op}: eps must be >= 0, got {eps}")
+    }
+    let act = match act {
+        Some((min, max)) => Some((Act::new(min, max, op)?, min, max)),
+        None => None,
+    };
+    let bn = conv.bn();
+    let out = match &conv {
+        Conv::Pointwise { .. } => {
+            let (_, _, h, wd) = dims4(x, op, "input")?;
+            (bn.n, bn.c, h, wd)
+        }
+        Conv::Depthwise(g) => g.out_dims(),
+    };
+    // The BatchNorm checks (shapes of γ / β, more than one value per channel) on the
+    // convolution's output shape.
+    let d = check_dims(out, gamma, beta, op)?;
+    if divisor.dims() != [d.c] || shift.is_some_and(|b| b.dims() != [d.c]) {
+        bail!("{op}: divisor and shift must have shape [{}]", d.c)
+    }
+    let x = f32_contiguous(x, op, "input")?;
+    let w = f32_contiguous(w, op, "weight")?;
+    let zeros;
+    let shift = match shift {
+        Some(b) => b,
+        None => {
+            zeros = Tensor::zeros(d.c, x.dtype(), x.device())?;
+            &zeros
+        }
+    };
+    let parts = [gamma, divisor, beta, shift]
+        .iter()
+        .map(|t| f32_contiguous(t, op, "BatchNorm parameter"))
+        .collect::<Result<Vec<_>>>()?;
+    let p = Tensor::cat(&parts, 0)?;
+    let saved = Arc::new(Mutex::new(Saved::default()));
+    let y = x.apply_op3(
+        &w,
+        &p,
+        Forward {
+            conv,
+            out,
+            eps,
+            act,
+            saved: saved.clone(),
+        },
+    )?;
+    let st = lock_state(&saved, op)?;
+    BatchNormTrainOutput::from_stats(y, &st.stats.mean, &st.stats.var, d)
+}
+
+/// 1×1 convolution (groups 1, stride 1, no padding, no bias) of NCHW `x` `[N, C, H, W]` by
+/// `w` `[O, C, 1, 1]`, then train-mode BatchNorm2d of `conv / divisor[o] + shift[o]` and, with
+/// `act = Some((min, max))` (ReLU6: `(0, 6)`), `clamp(·, min, max)`: the live QAT Conv+BN(+act)
+/// as one op. Values, statistics and gradients (to `x`, `w`, `divisor`, `shift`, `gamma`,
+/// `beta`) equal [`conv1x1`](super::conv1x1) then
+/// [`batch_norm_act_train_prescaled`](super::batch_norm_act_train_prescaled) (or
+/// [`batch_norm_train_prescaled`](super::batch_norm_train_prescaled)) bit for bit. Errors as
+/// those do.
+#[allow(clippy::too_many_arguments)]
+pub fn conv1x1_bn_act_train_prescaled(
+    x: &Tensor,
+    w: &Tensor,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Option<(f32, f32)>,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "conv1x1_bn_act_train_prescaled";
+    let conv = pointwise(x, w, OP)?;
+    run(conv, x, w, (divisor, shift), (gamma, beta), eps, act, OP)
+}
+
+/// [`conv1x1_bn_act_train_prescaled`] with a depthwise convolution (`groups = C`, weight
+/// `[C, 1, KH, KW]`, `(stride, padding, dilation)` as in
+/// [`depthwise_conv2d_dilated`](super::depthwise_conv2d_dilated)) in place of the 1×1 one.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_bn_act_train_prescaled(
+    x: &Tensor,
+    w: &Tensor,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    (stride, padding, dilation): (usize, usize, usize),
+    act: Option<(f32, f32)>,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "depthwise_bn_act_train_prescaled";
+    let g = DwGeom::new(x.dims(), w.dims(), stride, padding, dilation)?;
+    run(
+        Conv::Depthwise(g),
+        x,
+        w,
+        (divisor, shift),
+        (gamma, beta),
+        eps,
+        act,
+        OP,
+    )
+}
+
+/// [`conv1x1_bn_act_train_prescaled`] (`geom = None`) or [`depthwise_bn_act_train_prescaled`]
+/// (`geom = Some((stride, padding, dilation))`) as candle ops:
+/// [`conv1x1_slow`](super::conv1x1_slow) or
+/// [`depthwise_conv2d_slow`](super::depthwise_conv2d_slow), then
+/// [`batch_norm_train_prescaled_slow`](super::batch_norm_train_prescaled_slow) or
+/// [`batch_norm_act_train_prescaled_slow`](super::batch_norm_act_train_prescaled_slow): the
+/// reference for tests.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_act_train_prescaled_slow(
+    x: &Tensor,
+    w: &Tensor,
+    geom: Option<(usize, usize, usize)>,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Option<(f32, f32)>,
+) -> Result<BatchNormTrainOutput> {
+    let u = match geom {
+        None => super::conv1x1_slow(x, w, None, 1)?,
+        Some((s, p, d)) => super::depthwise_conv2d_slow(x, w, None, s, p, d)?,
+    };
+    match act {
+        None => super::batch_norm_train_prescaled_slow(&u, divisor, shift, gamma, beta, eps),
+        Some((min, max)) => super::batch_norm_act_train_prescaled_slow(
+            &u, divisor, shift, gamma, beta, eps, min, max,
+        ),
+    }
+}

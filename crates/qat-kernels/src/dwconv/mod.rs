@@ -363,7 +363,7 @@ impl DwConv {
             #[cfg(target_arch = "x86_64")]
             Variant::Quad => x86_64_quad::scratch_bytes(g, ow),
             #[cfg(target_arch = "x86_64")]
-            Variant::Dw3x3 => x86_64_dw3x3::scratch_bytes(ow, g.stride_w),
+            Variant::Dw3x3 => x86_64_dw3x3::scratch_bytes(ow, g.stride_w, self.channels),
             #[cfg(not(target_arch = "x86_64"))]
             Variant::Quad | Variant::Dw3x3 => 0,
         };

@@ -105,9 +105,10 @@ pub(super) fn padded_width(ow: usize, sw: usize) -> usize {
     (ow - 1) * sw + 4
 }
 
-/// Scratch bytes one band needs: three ring rows and the zero-point row.
-pub(super) fn scratch_bytes(ow: usize, sw: usize) -> usize {
-    4 * padded_width(ow, sw) * CB
+/// Scratch bytes one band of a `c`-channel conv needs: three ring rows per 64-channel block
+/// and the zero-point row.
+pub(super) fn scratch_bytes(ow: usize, sw: usize, c: usize) -> usize {
+    (3 * c.div_ceil(CB) + 1) * padded_width(ow, sw) * CB
 }
 
 /// Shape of the call, for the band loop.
@@ -126,7 +127,7 @@ pub(super) struct Band {
 /// AVX-512F/BW/VL and VNNI must be supported; `dw` is 3×3, undilated, `stride_w` 1 or 2, with
 /// its `dw3x3_*` arrays packed; `input` holds the whole validated `[n][h][w][C]` tensor and
 /// the band's rows lie inside `n·oh`; `out.len() == band.rows.len()·ow·C`; `scratch` holds at
-/// least [`scratch_bytes`]`(ow, stride_w)` bytes.
+/// least [`scratch_bytes`]`(ow, stride_w, C)` bytes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], scratch: &mut [u8]) {
     let g = &dw.geometry;
@@ -134,9 +135,9 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
     let (sw, ow) = (g.stride_w, b.ow);
     let wp = padded_width(ow, sw);
     let row_bytes = wp * CB;
-    debug_assert!(scratch.len() >= 4 * row_bytes);
+    debug_assert!(scratch.len() >= scratch_bytes(ow, sw, c));
     debug_assert_eq!(out.len(), b.rows.len() * ow * c);
-    let (ring, zero_row) = scratch.split_at_mut(3 * row_bytes);
+    let (ring, zero_row) = scratch.split_at_mut(3 * c.div_ceil(CB) * row_bytes);
     let zp_in = dw.input_zero_point as u8;
     zero_row[..row_bytes].fill(zp_in);
     let ep = Epilogue {
@@ -145,76 +146,73 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
         qmin: _mm512_set1_epi8(dw.qmin as u8 as i8),
         qmax: _mm512_set1_epi8(dw.qmax as u8 as i8),
     };
-    for blk in 0..c.div_ceil(CB) {
-        let cb = blk * CB;
-        let n = (c - cb).min(CB);
-        let mask: __mmask64 = if n == CB { !0 } else { (1u64 << n) - 1 };
-        let fold = folded(c, blk);
-        // Outputs per row the kernel computes: a folded block computes two per vector.
-        let (kow, shift) = if fold {
-            let half = ow.div_ceil(2);
-            (half, half * sw)
-        } else {
-            (ow, 0)
+    let blocks = c.div_ceil(CB);
+    let geo = RowGeo {
+        w: b.w,
+        c,
+        pad: g.pad_w,
+        zp: zp_in,
+    };
+    // Output rows outside, channel blocks inside: an input row is read once, all its
+    // channels together, while it is hot, and each output row is written in one sweep.
+    // Every block keeps its own ring of three padded rows; one set of tags serves all.
+    let mut tags: [Option<(usize, usize)>; 3] = [None; 3];
+    for row in b.rows.clone() {
+        let (img, oy) = (row / b.oh, row % b.oh);
+        let iy0 = (oy * g.stride_h) as isize - g.pad_h as isize;
+        let inside = |ky: usize| {
+            let iy = iy0 + ky as isize;
+            (iy >= 0 && (iy as usize) < b.h).then_some(iy as usize)
         };
-        let mut tags: [Option<(usize, usize)>; 3] = [None; 3];
-        // SAFETY: every array is packed for `c.div_ceil(64)` blocks, so the block's 64
-        // permuted biases / multipliers and its two weight sets are in bounds.
-        let (bias, mult, wts) = unsafe {
-            let bp = dw.dw3x3_bias.as_ptr().add(cb);
-            let mp = dw.dw3x3_mult.as_ptr().add(cb);
-            (
-                [0, 1, 2, 3].map(|k| _mm512_loadu_si512(bp.add(16 * k).cast())),
-                [0, 1, 2, 3].map(|k| _mm512_loadu_ps(mp.add(16 * k))),
-                dw.dw3x3_weights.as_ptr().add(blk * 2 * SET),
-            )
-        };
-        for row in b.rows.clone() {
-            let (img, oy) = (row / b.oh, row % b.oh);
-            let iy0 = (oy * g.stride_h) as isize - g.pad_h as isize;
-            let inside = |ky: usize| {
-                let iy = iy0 + ky as isize;
-                (iy >= 0 && (iy as usize) < b.h).then_some(iy as usize)
-            };
-            for iy in (0..3).filter_map(inside) {
-                let slot = iy % 3;
-                if tags[slot] != Some((img, iy)) {
-                    let src = ((img * b.h + iy) * b.w) * c + cb;
-                    let dst = &mut ring[slot * row_bytes..(slot + 1) * row_bytes];
-                    let geo = RowGeo {
-                        w: b.w,
-                        c,
-                        pad: g.pad_w,
-                        zp: zp_in,
-                    };
-                    // SAFETY: AVX-512BW (caller); `src` addresses pixel 0 of an input row
-                    // inside the validated tensor, read masked to the block's `n` channels
-                    // (n ≤ 32 when folded).
-                    unsafe {
-                        if fold {
-                            fill_row_folded(input, src, &geo, mask as u32, shift, dst)
-                        } else {
-                            fill_row(input, src, &geo, mask, dst)
-                        }
-                    };
-                    tags[slot] = Some((img, iy));
-                }
+        for iy in (0..3).filter_map(inside) {
+            let slot = iy % 3;
+            if tags[slot] == Some((img, iy)) {
+                continue;
             }
+            for blk in 0..blocks {
+                let blk_ring = &mut ring[blk * 3 * row_bytes..(blk + 1) * 3 * row_bytes];
+                let dst = &mut blk_ring[slot * row_bytes..(slot + 1) * row_bytes];
+                let src = ((img * b.h + iy) * b.w) * c + blk * CB;
+                let mask = block_mask(c, blk);
+                // SAFETY: AVX-512BW (caller); `src` addresses pixel 0 of an input row inside
+                // the validated tensor, read masked to the block's channels (≤ 32 when
+                // folded).
+                unsafe {
+                    if folded(c, blk) {
+                        let shift = ow.div_ceil(2) * sw;
+                        fill_row_folded(input, src, &geo, mask as u32, shift, dst)
+                    } else {
+                        fill_row(input, src, &geo, mask, dst)
+                    }
+                };
+            }
+            tags[slot] = Some((img, iy));
+        }
+        for blk in 0..blocks {
+            let cb = blk * CB;
+            let mask = block_mask(c, blk);
+            let fold = folded(c, blk);
+            // Outputs per row the kernel computes: a folded block computes two per vector.
+            let kow = if fold { ow.div_ceil(2) } else { ow };
+            let blk_ring = &ring[blk * 3 * row_bytes..(blk + 1) * 3 * row_bytes];
             // Three consecutive input rows never share a slot.
             let rows: [*const u8; 3] = std::array::from_fn(|ky| match inside(ky) {
-                Some(iy) => ring[(iy % 3) * row_bytes..].as_ptr(),
+                Some(iy) => blk_ring[(iy % 3) * row_bytes..].as_ptr(),
                 None => zero_row.as_ptr(),
             });
             let orow = (row - b.rows.start) * ow * c + cb;
-            // SAFETY: each of `rows` addresses a padded row of `wp` positions × 64 bytes;
-            // `out[orow + ox·c ..]` holds the block's `n` channels of every output pixel
-            // (masked stores); `wts` addresses the block's two weight sets.
+            // SAFETY: every array is packed for `blocks` blocks, so the block's 64 permuted
+            // biases / multipliers and its two weight sets are in bounds; each of `rows`
+            // addresses a padded row of `wp` positions × 64 bytes; `out[orow + ox·c ..]`
+            // holds the block's channels of every output pixel (masked stores).
             unsafe {
+                let bp = dw.dw3x3_bias.as_ptr().add(cb);
+                let mp = dw.dw3x3_mult.as_ptr().add(cb);
                 let o = out.as_mut_ptr().add(orow);
                 let k = Consts {
-                    bias,
-                    mult,
-                    wts,
+                    bias: [0, 1, 2, 3].map(|k| _mm512_loadu_si512(bp.add(16 * k).cast())),
+                    mult: [0, 1, 2, 3].map(|k| _mm512_loadu_ps(mp.add(16 * k))),
+                    wts: dw.dw3x3_weights.as_ptr().add(blk * 2 * SET),
                     mask,
                     c,
                     ow,
@@ -233,6 +231,16 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
                 }
             }
         }
+    }
+}
+
+/// Block `blk`'s channel mask: its valid channels of 64.
+fn block_mask(c: usize, blk: usize) -> __mmask64 {
+    let n = (c - blk * CB).min(CB);
+    if n == CB {
+        !0
+    } else {
+        (1u64 << n) - 1
     }
 }
 

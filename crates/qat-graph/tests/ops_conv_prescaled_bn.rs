@@ -8,8 +8,8 @@ mod ops_util;
 use candle_core::{DType, Device, Result, Tensor};
 use ops_util::{assert_close, assert_stats_close, check_fd, grads_of, randn};
 use qat_graph::ops::{
-    batch_norm_act_train_prescaled, batch_norm_train_prescaled, conv1x1,
-    conv1x1_bn_act_train_prescaled, conv_bn_act_train_prescaled_slow,
+    batch_norm_act_train, batch_norm_act_train_prescaled, batch_norm_train_prescaled, conv1x1,
+    conv1x1_bn_act_train, conv1x1_bn_act_train_prescaled, conv_bn_act_train_prescaled_slow,
     depthwise_bn_act_train_prescaled, depthwise_conv2d_dilated, BatchNormTrainOutput,
 };
 
@@ -242,5 +242,42 @@ fn ops_conv_prescaled_bn_bad_inputs_are_errors() -> Result<()> {
         ),
         "stride",
     );
+    Ok(())
+}
+
+#[test]
+fn ops_conv_bn_recycled_buffers_do_not_leak_into_results() -> Result<()> {
+    // The fused ops take their convolution output and BatchNorm gradient buffers from a pool
+    // that earlier (bigger) layers handed back with their values in them: a smaller layer run
+    // after them must still equal the unfused ops bit for bit, forward and backward.
+    for round in 0..2 {
+        for (ci, &case) in [CASES[5], CASES[6], CASES[0], CASES[4]].iter().enumerate() {
+            let seed = 7000 + 10 * ci as u64 + round;
+            let ins = inputs(seed, case)?;
+            let act = Some((0.0, 6.0));
+            let (yf, gf) = grads_of(&ins, seed, |t| Ok(fused(t, case.5, act)?.y))?;
+            let (yu, gu) = grads_of(&ins, seed, |t| Ok(unfused(t, case.5, act)?.y))?;
+            let what = format!("round {round} case {case:?}");
+            assert_close(&yf, &yu, 0.0, &format!("{what}: prescaled output"));
+            for (i, (a, b)) in gf.iter().zip(&gu).enumerate() {
+                assert_close(a, b, 0.0, &format!("{what}: prescaled gradient {i}"));
+            }
+            if case.5.is_none() {
+                // The float model's 1×1 conv + BN + ReLU6 shares the pool.
+                let t4 = [&ins[0], &ins[1], &ins[3], &ins[4]];
+                let (yf, gf) = grads_of(&t4.map(Clone::clone), seed, |t| {
+                    Ok(conv1x1_bn_act_train(&t[0], &t[1], &t[2], &t[3], EPS, 0.0, 6.0)?.y)
+                })?;
+                let (yu, gu) = grads_of(&t4.map(Clone::clone), seed, |t| {
+                    let z = conv1x1(&t[0], &t[1], None, 1)?;
+                    Ok(batch_norm_act_train(&z, &t[2], &t[3], EPS, 0.0, 6.0)?.y)
+                })?;
+                assert_close(&yf, &yu, 0.0, &format!("{what}: float output"));
+                for (i, (a, b)) in gf.iter().zip(&gu).enumerate() {
+                    assert_close(a, b, 0.0, &format!("{what}: float gradient {i}"));
+                }
+            }
+        }
+    }
     Ok(())
 }

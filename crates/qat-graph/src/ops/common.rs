@@ -32,6 +32,51 @@ pub(crate) fn lock_state<'a, T>(m: &'a Mutex<T>, op: &str) -> Result<MutexGuard<
         .map_err(|_| candle_core::Error::Msg(format!("{op}: saved state lock poisoned")))
 }
 
+/// Buffers handed back by the fused ops (a convolution's output kept for the backward, a
+/// BatchNorm input gradient), for reuse by the next layer or step.
+static SCRATCH: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// At most this many floats wait in [`SCRATCH`] (256 MiB): every layer of a batch-32
+/// MobileNetV2 step on small images, bounded for processes that build and drop many models.
+const SCRATCH_MAX_FLOATS: usize = 1 << 26;
+
+/// A buffer of `len` floats with unspecified contents, for a kernel that overwrites all of it:
+/// a recycled one when one is big enough (no allocation, no zero-fill of megabytes per layer),
+/// else a fresh zeroed one.
+pub(crate) fn scratch(len: usize) -> Vec<f32> {
+    let reused = {
+        let mut pool = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        best.map(|i| pool.swap_remove(i))
+    };
+    match reused {
+        Some(mut v) => {
+            // Stale values stay (the caller overwrites them); only a length increase fills.
+            v.truncate(len);
+            v.resize(len, 0.0);
+            v
+        }
+        None => vec![0f32; len],
+    }
+}
+
+/// Hands `v` back for [`scratch`] to reuse (dropped when the pool is full).
+pub(crate) fn recycle(v: Vec<f32>) {
+    if v.capacity() == 0 {
+        return;
+    }
+    let mut pool = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    let held: usize = pool.iter().map(Vec::capacity).sum();
+    if held + v.capacity() <= SCRATCH_MAX_FLOATS {
+        pool.push(v);
+    }
+}
+
 /// The four dims of an NCHW tensor, or an error naming the tensor.
 pub(crate) fn dims4(t: &Tensor, op: &str, what: &str) -> Result<(usize, usize, usize, usize)> {
     match t.dims() {

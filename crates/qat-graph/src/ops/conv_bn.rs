@@ -18,7 +18,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use super::batch_norm::{
     backward_core, check_dims, forward_core, Act, BatchNormTrainOutput, Dims, Stats,
 };
-use super::common::{dims4, f32_contiguous, lock_state, slice_f32};
+use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch, slice_f32};
 use super::depthwise::Geom as DwGeom;
 use super::pointwise::matmul;
 
@@ -29,6 +29,12 @@ struct Saved {
     z: Vec<f32>,
     stats: Stats,
     gamma: Vec<f32>,
+}
+
+impl Drop for Saved {
+    fn drop(&mut self) {
+        recycle(std::mem::take(&mut self.z));
+    }
 }
 
 /// The convolution inside the op.
@@ -75,14 +81,19 @@ impl Conv {
     pub(super) fn forward(&self, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
         match self {
             &Conv::Pointwise { n, c, o, p } => {
-                let mut z = vec![0f32; n * o * p];
+                let mut z = scratch(n * o * p);
+                if c == 0 {
+                    // No input channel: the GEMMs below would have nothing to write.
+                    z.fill(0.0);
+                }
                 for (zn, xn) in z.chunks_exact_mut(o * p).zip(x.chunks_exact(c * p)) {
                     matmul(zn, (o, p, c), w, (c, 1), xn, (p, 1), false)?;
                 }
                 Ok(z)
             }
             Conv::Depthwise(g) => {
-                let mut z = vec![0f32; g.out_len()];
+                // `forward_into` writes every output element.
+                let mut z = scratch(g.out_len());
                 g.forward_into(x, w, &mut z)?;
                 Ok(z)
             }
@@ -219,7 +230,8 @@ impl CustomOp3 for ConvBnBackward {
                 self.name()
             )
         }
-        let mut dz = vec![0f32; nz];
+        // `backward_core` writes every element of `dz`.
+        let mut dz = scratch(nz);
         let mut out = vec![0f32; nx + nw + 2 * d.c];
         let (dx, rest) = out.split_at_mut(nx);
         let (dw, dgb) = rest.split_at_mut(nw);
@@ -236,6 +248,7 @@ impl CustomOp3 for ConvBnBackward {
             dbeta,
         );
         self.conv.backward(x, w, &dz, dx, dw)?;
+        recycle(dz);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }

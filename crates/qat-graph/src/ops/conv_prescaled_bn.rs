@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::batch_norm::{check_dims, Act, BatchNormTrainOutput};
-use super::common::{dims4, f32_contiguous, lock_state, slice_f32};
+use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch, slice_f32};
 use super::conv_bn::{pointwise, Conv};
 use super::depthwise::Geom as DwGeom;
 use super::prescaled_bn::{backward_core, forward_core, Stats};
@@ -27,6 +27,12 @@ struct Saved {
     stats: Stats,
     /// `[γ | s | β | b]`.
     params: Vec<f32>,
+}
+
+impl Drop for Saved {
+    fn drop(&mut self) {
+        recycle(std::mem::take(&mut self.u));
+    }
 }
 
 /// `(x, w, [γ | s | β | b]) -> y`, keeping `u`, the statistics and the parameters in `saved`.
@@ -136,7 +142,8 @@ impl CustomOp3 for Backward {
                 self.name()
             )
         }
-        let mut du = vec![0f32; nu];
+        // `backward_core` writes every element of `du`.
+        let mut du = scratch(nu);
         let mut out = vec![0f32; nx + nw + 4 * d.c];
         let (dx, rest) = out.split_at_mut(nx);
         let (dw, dp) = rest.split_at_mut(nw);
@@ -151,6 +158,7 @@ impl CustomOp3 for Backward {
             dp,
         );
         self.conv.backward(x, w, &du, dx, dw)?;
+        recycle(du);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }

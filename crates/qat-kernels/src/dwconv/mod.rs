@@ -95,6 +95,7 @@ pub struct DwConv {
     dw3x3_mult: Vec<f32>,
     /// Every channel's `|f32(acc) · multiplier|` stays below 2³¹ for any input
     /// ([`crate::gemm::products_fit_i32`]): the 3×3 kernel may then clamp after converting.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fits_i32: bool,
 }
 

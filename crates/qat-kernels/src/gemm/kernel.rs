@@ -57,6 +57,7 @@ pub(crate) struct Tile {
     pub requant: *const qat_core::Requant,
     /// Every product `f32(acc) · multiplier` of this GEMM is below 2³¹ in magnitude
     /// ([`super::products_fit_i32`]): u8 epilogues may clamp after converting.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fits_i32: bool,
     /// Output position of the tile's (0, 0) element.
     pub out: Out,

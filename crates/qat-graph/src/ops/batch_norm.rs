@@ -254,7 +254,7 @@ fn dx_act_generic<const FMA: bool>(
     }
 }
 
-simd_dispatch!(fn dx_act = dx_act_generic(o: &mut [f32], dy: &[f32], x: &[f32], kmq: (f32, f32, f32), ab: (f32, f32), act: Act));
+simd_dispatch!(pub(super) fn dx_act = dx_act_generic(o: &mut [f32], dy: &[f32], x: &[f32], kmq: (f32, f32, f32), ab: (f32, f32), act: Act));
 
 /// `dx = k·dy + m·x + q` element-wise.
 #[inline(always)]

@@ -14,7 +14,8 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::batch_norm::{
-    affine, affine_clamp, check, dx_kernel, grad_sums, sq_dev, Act, BatchNormTrainOutput, Dims,
+    affine, affine_clamp, check, dx_act, dx_kernel, grad_sums, sq_dev, Act, BatchNormTrainOutput,
+    Dims,
 };
 use super::channel::{bwd_plane, fwd_plane};
 use super::common::{
@@ -59,21 +60,46 @@ fn per_channel_out<T: Send>(
     }
 }
 
-/// `o = dy` where the activation passes the forward's pre-activation `a·z + b` (recomputed with
-/// the forward's rounding), else 0: the activation's backward, so that the BatchNorm backward
-/// then runs on exactly the gradient the unfused activation op would hand it.
+/// [`grad_sums`] of `dy` masked by the activation's gradient (passed where the forward's
+/// pre-activation `a·z + b`, recomputed with its rounding, is inside the bounds), without
+/// storing the masked gradient: the same lanes, tails and additions as `grad_sums` on the
+/// gradient the unfused activation op would hand the BatchNorm, so the same sums bit for bit.
 #[inline(always)]
-fn mask_generic<const FMA: bool>(o: &mut [f32], dy: &[f32], z: &[f32], ab: (f32, f32), act: Act) {
-    for ((o, &g), &z) in o.iter_mut().zip(dy).zip(z) {
-        *o = if act.passes(madd::<FMA>(ab.0, z, ab.1)) {
+fn grad_sums_mask_generic<const FMA: bool>(
+    dy: &[f32],
+    z: &[f32],
+    mean: f32,
+    (a, b): (f32, f32),
+    act: Act,
+    out: &mut (f64, f64),
+) {
+    let gate = |g: f32, v: f32| {
+        if act.passes(madd::<FMA>(a, v, b)) {
             g
         } else {
             0.0
-        };
+        }
+    };
+    let (mut accg, mut acc) = ([0f32; 16], [0f32; 16]);
+    let mut cd = dy.chunks_exact(16);
+    let mut cz = z.chunks_exact(16);
+    for (g, v) in (&mut cd).zip(&mut cz) {
+        for i in 0..16 {
+            let gi = gate(g[i], v[i]);
+            accg[i] += gi;
+            acc[i] = madd::<FMA>(gi, v[i] - mean, acc[i]);
+        }
     }
+    let tail = || cd.remainder().iter().zip(cz.remainder());
+    let gsum_tail: f32 = tail().map(|(&g, &v)| gate(g, v)).sum();
+    let prod_tail: f32 = tail().map(|(&g, &v)| gate(g, v) * (v - mean)).sum();
+    *out = (
+        (accg.iter().sum::<f32>() + gsum_tail) as f64,
+        acc.iter().sum::<f32>() as f64 + prod_tail as f64,
+    );
 }
 
-simd_dispatch!(fn mask = mask_generic(o: &mut [f32], dy: &[f32], z: &[f32], ab: (f32, f32), act: Act));
+simd_dispatch!(fn grad_sums_mask = grad_sums_mask_generic(dy: &[f32], z: &[f32], mean: f32, ab: (f32, f32), act: Act, out: &mut (f64, f64)));
 
 /// The channel's `z = x / s + b` for all images (image-major) into `z`.
 fn z_channel(z: &mut [f32], x: &[f32], d: Dims, c: usize, s: &[f32], b: &[f32]) {
@@ -237,34 +263,23 @@ pub(super) fn backward_core(
     let (beta, b) = rest.split_at(d.c);
     let m = d.count() as f64;
     let plane = |i: usize| i * d.plane..(i + 1) * d.plane;
-    // Per channel: z once; with an activation, dy masked by its gradient (pre-activation
-    // recomputed with the forward's coefficients) into a channel buffer; Σdy and
-    // Σdy·(z − mean); then dz = k·dy + mz·z + q (the BatchNorm backward) and dx = dz / s
-    // with Σdz and Σdz·x. The same kernels as the unfused ops, so the same rounding.
+    // Per channel: z once; Σdy and Σdy·(z − mean), with an activation of dy masked by its
+    // gradient (pre-activation recomputed with the forward's coefficients); then
+    // dz = k·dy + mz·z + q (the BatchNorm backward, masked alike) and dx = dz / s with Σdz and
+    // Σdz·x. The same arithmetic as the unfused ops, so the same rounding.
     let sums: Vec<[f64; 4]> = per_channel_out(d, dx, |c, dxc| {
         let mut z = vec![0f32; d.n * d.plane];
         z_channel(&mut z, x, d, c, s, b);
-        let mut masked = Vec::new();
-        if let Some(act) = act {
-            let a = gamma[c] * st.invstd[c];
-            let ab = (a, beta[c] - a * st.mean[c]);
-            masked = vec![0f32; d.n * d.plane];
-            for (n, (gm, zp)) in masked
-                .chunks_exact_mut(d.plane.max(1))
-                .zip(z.chunks_exact(d.plane.max(1)))
-                .enumerate()
-            {
-                mask(gm, &dy[plane(n * d.c + c)], zp, ab, act);
-            }
-        }
-        let dyc = |n: usize| match act {
-            None => &dy[plane(n * d.c + c)],
-            Some(_) => &masked[n * d.plane..(n + 1) * d.plane],
-        };
+        let a = gamma[c] * st.invstd[c];
+        let ab = (a, beta[c] - a * st.mean[c]);
+        let dyc = |n: usize| &dy[plane(n * d.c + c)];
         let (mut sdy, mut sdyzc) = (0f64, 0f64);
         for (n, zp) in z.chunks_exact(d.plane.max(1)).enumerate() {
             let mut o = (0f64, 0f64);
-            grad_sums(dyc(n), zp, st.mean[c], &mut o);
+            match act {
+                None => grad_sums(dyc(n), zp, st.mean[c], &mut o),
+                Some(act) => grad_sums_mask(dyc(n), zp, st.mean[c], ab, act, &mut o),
+            }
             sdy += o.0;
             sdyzc += o.1;
         }
@@ -280,7 +295,11 @@ pub(super) fn backward_core(
             .enumerate()
         {
             let i = n * d.c + c;
-            dx_kernel(&mut dz, dyc(n), zp, k as f32, mz as f32, q as f32);
+            let kmq = (k as f32, mz as f32, q as f32);
+            match act {
+                None => dx_kernel(&mut dz, dyc(n), zp, kmq.0, kmq.1, kmq.2),
+                Some(act) => dx_act(&mut dz, dyc(n), zp, kmq, ab, act),
+            }
             let (a, bsum) = bwd_plane(dxp, &dz, &x[plane(i)], s[c], true);
             sdz += a;
             sdzx += bsum;

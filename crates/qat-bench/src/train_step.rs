@@ -8,8 +8,10 @@
 //! weight decay 5e-4 on conv / linear weights, PyTorch's coupled form). After warm-up steps,
 //! every step is timed in three parts (forward + loss, backward, optimizer); lines carry the
 //! median / min / mean of the whole step, images/s, and the medians of the parts. When fp32 and
-//! QAT both run, a last line gives their ratio (of the medians). Inputs are a fixed random batch
-//! with random labels: the cost of a step does not depend on the values.
+//! QAT both run, a last line gives their ratio: of the wall-clock medians (`ratio`) and of the
+//! process-CPU medians (`cpu_ratio`, the one to trust on a shared machine: other processes on the
+//! pinned core inflate wall time, up to 2x, in whichever mode they happen to overlap). Inputs are
+//! a fixed random batch with random labels: the cost of a step does not depend on the values.
 //!
 //! Threads: `--threads N` sets `RAYON_NUM_THREADS` (candle's CPU backend and its matmul read it)
 //! and builds rayon's global pool with N threads (our fast ops run on it), before any candle
@@ -154,8 +156,8 @@ fn set_threads(threads: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one mode and returns its median step in seconds.
-fn run_mode(args: &Args, mode: Mode, cfg: &MobileNetV2Config) -> anyhow::Result<f64> {
+/// Runs one mode and returns its median step in seconds: wall clock and process CPU.
+fn run_mode(args: &Args, mode: Mode, cfg: &MobileNetV2Config) -> anyhow::Result<(f64, f64)> {
     let dev = Device::Cpu;
     let graph = build(cfg)?;
     let float = GraphModule::new(graph, 7, &dev)?;
@@ -265,7 +267,10 @@ fn run_mode(args: &Args, mode: Mode, cfg: &MobileNetV2Config) -> anyhow::Result<
         ("backward_ms", json!(part(|t| t.backward))),
         ("optimizer_ms", json!(part(|t| t.optimizer))),
     ]);
-    Ok(med)
+    Ok((
+        med,
+        median(&times.iter().map(|t| t.cpu).collect::<Vec<_>>()),
+    ))
 }
 
 /// Run the benchmark.
@@ -293,12 +298,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             Mode::QatFrozen => {}
         }
     }
-    if let (Some(f), Some(q)) = (fp32, qat) {
+    if let (Some((f, fc)), Some((q, qc))) = (fp32, qat) {
         emit(&[
             ("bench", json!("train-step")),
             ("mode", json!("qat/fp32")),
             ("threads", json!(args.threads)),
             ("ratio", json!(q / f)),
+            ("cpu_ratio", json!(qc / fc)),
         ]);
     }
     Ok(())

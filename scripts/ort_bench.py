@@ -297,6 +297,34 @@ def time_session(sess, x, runs, warmup=20):
     return wall, cpu
 
 
+def profile(name, qpath, threads, batch, x, runs=200):
+    """ORT's own per-node timings (`enable_profiling`), summed per op type, per call."""
+    so = session_options(threads)
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(os.path.dirname(qpath), f"profile_{name}_b{batch}")
+    sess = ort.InferenceSession(qpath, so, providers=["CPUExecutionProvider"])
+    time_session(sess, x, runs)
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    per_kind = collections.defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            kind = e["args"]["op_name"]
+            if kind == "QLinearConv":
+                # The fused node keeps our conv's name: stem / expand / dw / project / last.
+                kind += ":" + e["name"].split("_")[0]
+            per_kind[kind] += e["dur"]
+    total = sum(per_kind.values())
+    # Warm-up calls are profiled too: divide by every call the session made.
+    calls = runs + 20
+    for kind, us in sorted(per_kind.items(), key=lambda kv: -kv[1]):
+        print(json.dumps({
+            "bench": "ort_op_kind", "threads": threads, "model": name, "batch": batch,
+            "op": kind, "ms_profiled": round(us / calls / 1e3, 4),
+            "pct": round(100 * us / total, 1),
+        }), flush=True)
+
+
 def best_chunk_mean(wall, chunks=20):
     """Best mean over `chunks` consecutive slices of the calls: `qat-bench model`'s `ms` is
     this kind of figure (best of --reps batches of calls), a single call's best is not."""
@@ -313,6 +341,9 @@ def main():
     ap.add_argument("--peak-gmacs", type=float, default=228.6,
                     help="VNNI peak of one core (GMAC/s) that peak_pct divides by")
     ap.add_argument("--cache", default="/tmp/ort_bench")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print ORT's per-op-kind time per call (its profiler, 200 calls; "
+                    "the profiler inflates the sum: read the pct)")
     ap.add_argument("--prepare", action="store_true",
                     help="only build / quantize the models and print the graph lines")
     args = ap.parse_args()
@@ -359,6 +390,8 @@ def main():
                     "gmacs": round(gmacs, 1),
                     "peak_pct": round(100 * gmacs / args.peak_gmacs / threads, 1),
                 }), flush=True)
+                if args.profile:
+                    profile(name, qpath, threads, batch, x)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,13 @@ fn build(cfg: &MobileNetV2Config) -> anyhow::Result<(GraphModule, qat_graph::Qat
     let float = GraphModule::new(graph, 7, &Device::Cpu)?;
     let fused = float.fused()?;
     let qat = prepare_qat_module(float, &QConfig::default_qat())?;
+    // With random weights, BN at its initial running statistics shrinks the activations layer
+    // after layer (to ~1e-7 deep in the net) and their scales collapse with them, which gives
+    // requantization multipliers no trained model has. Train-mode forwards first move the
+    // running statistics towards the batch statistics (momentum 0.1: 88% of the way in 20).
+    for i in 0..20 {
+        qat.forward_t(&tensor(cfg, 2, 100 + i)?, true)?;
+    }
     let batches = [tensor(cfg, 4, 21)?, tensor(cfg, 4, 22)?];
     qat.calibrate(&batches)?;
     qat.freeze_bn_stats();

@@ -24,8 +24,8 @@
 //! bias[c]  = (beta[c] - running_mean[c] · sf[c]) + b[c] · sf[c]   (b = 0 without a conv bias)
 //! ```
 
-use candle_core::{DType, Tensor, Var};
-use qat_core::{QParams, QScheme};
+use candle_core::DType;
+use qat_core::QParams;
 use qat_runtime::Activation;
 
 use crate::error::{GraphError, Result};
@@ -289,213 +289,6 @@ pub fn value_q(qat: &QatGraph, id: NodeId) -> Result<ActQ> {
     }
 }
 
-fn var(qat: &QatGraph, name: &str) -> Result<Var> {
-    let vars = qat
-        .module()
-        .varmap()
-        .data()
-        .lock()
-        .map_err(|_| GraphError::Graph("VarMap lock poisoned".into()))?;
-    vars.get(name)
-        .cloned()
-        .ok_or_else(|| GraphError::node(name, "parameter missing from the VarMap"))
-}
-
-fn finite(name: &str, what: &str, v: &[f32]) -> Result<()> {
-    match v.iter().position(|x| !x.is_finite()) {
-        Some(i) => Err(GraphError::node(
-            name,
-            format!("{what} [{i}] = {} is not finite", v[i]),
-        )),
-        None => Ok(()),
-    }
-}
-
-fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-}
-
-/// Lower a quantized Conv2d / Linear node (see [`LoweredWeighted`]).
-fn lower_weighted(qat: &QatGraph, id: NodeId, opts: &LowerOptions) -> Result<LoweredWeighted> {
-    let g = qat.graph();
-    let node = g.node(id);
-    let q = &qat.nodes()[id.0];
-    let name = node.name.as_str();
-    let (kind, bn, act, has_bias) = match &node.op {
-        Op::Conv2d(c) => (WeightedKind::Conv2d(*c), None, None, c.bias),
-        Op::ConvAct { conv, act } => (WeightedKind::Conv2d(*conv), None, Some(*act), conv.bias),
-        Op::ConvBn { conv, bn, act } => (WeightedKind::Conv2d(*conv), Some(bn), *act, conv.bias),
-        Op::Linear(l) => (WeightedKind::Linear(*l), None, None, l.bias),
-        Op::LinearAct { linear, act } => {
-            (WeightedKind::Linear(*linear), None, Some(*act), linear.bias)
-        }
-        Op::LinearBn { linear, bn } => (WeightedKind::Linear(*linear), Some(bn), None, linear.bias),
-        op => {
-            return Err(GraphError::node(
-                name,
-                format!("{} is not a weighted op", op.type_name()),
-            ))
-        }
-    };
-    let oc = match kind {
-        WeightedKind::Conv2d(c) => c.out_channels,
-        WeightedKind::Linear(l) => l.out_features,
-    };
-    let wfq = q.weight_fq.as_ref().ok_or_else(|| {
-        GraphError::node(name, "quantized weighted node without a weight_fake_quant")
-    })?;
-    check_fake_quant(wfq)?;
-    let out_fq = q.output_fq.as_ref().ok_or_else(|| {
-        GraphError::node(name, "quantized node without an activation_post_process")
-    })?;
-    let output = act_q(out_fq)?;
-    let input = value_q(qat, node.inputs[0])?;
-
-    let w = var(qat, &format!("{name}.weight"))?;
-    let w = w.as_tensor();
-    finite(name, "weight", &to_vec(w)?)?;
-    let b = if has_bias {
-        let b = to_vec(var(qat, &format!("{name}.bias"))?.as_tensor())?;
-        finite(name, "bias", &b)?;
-        Some(b)
-    } else {
-        None
-    };
-
-    // The same tensor ops as `folded_bn_forward`, so the weight fed to the fake-quant is
-    // bit-identical to the one the QAT forward quantizes.
-    let (scaled, bias) = match bn {
-        None => (w.clone(), b),
-        Some(bn) => {
-            let get = |s: &str| var(qat, &format!("{}.{s}", bn.name));
-            let (gamma, beta) = (get("weight")?, get("bias")?);
-            let (mean, rvar) = (get("running_mean")?, get("running_var")?);
-            for (what, v) in [
-                ("BN weight", &gamma),
-                ("BN bias", &beta),
-                ("BN running_mean", &mean),
-                ("BN running_var", &rvar),
-            ] {
-                finite(&bn.name, what, &to_vec(v.as_tensor())?)?;
-            }
-            let running_std = (rvar.as_detached_tensor() + bn.cfg.eps)?.sqrt()?;
-            let sf = gamma.as_tensor().div(&running_std)?;
-            let mut wshape = vec![1; w.rank()];
-            wshape[0] = oc;
-            let scaled = w.broadcast_mul(&sf.reshape(wshape.as_slice())?)?;
-            let sf_v = to_vec(&sf)?;
-            finite(&bn.name, "gamma / sqrt(running_var + eps)", &sf_v)?;
-            let (beta, mean) = (to_vec(beta.as_tensor())?, to_vec(mean.as_tensor())?);
-            let bias: Vec<f32> = (0..oc)
-                .map(|c| {
-                    let shift = beta[c] - mean[c] * sf_v[c];
-                    match &b {
-                        Some(b) => shift + b[c] * sf_v[c],
-                        None => shift,
-                    }
-                })
-                .collect();
-            (scaled, Some(bias))
-        }
-    };
-    let scaled = to_vec(&scaled)?;
-    finite(name, "folded weight", &scaled)?;
-
-    let spec = wfq.spec();
-    let (scales, zps) = wfq.qparams()?;
-    let per_channel = matches!(
-        spec.scheme,
-        QScheme::PerChannelAffine { .. } | QScheme::PerChannelSymmetric { .. }
-    );
-    if per_channel && scales.len() != oc {
-        return Err(GraphError::node(
-            wfq.name(),
-            format!("{} scales for {oc} output channels", scales.len()),
-        ));
-    }
-    let pick = |c: usize| if per_channel { c } else { 0 };
-    let (wlo, whi) = spec.dtype.range();
-    // Channel c's effective integers `q - zp` lie in [wlo - zp, whi - zp]: i8 as they are, or
-    // (a nonzero zero point) halved at twice the scale, see `AsymmetricWeights::Refit`.
-    let mut refit_channels = Vec::new();
-    for c in 0..oc {
-        let zp = zps[pick(c)];
-        if wlo - zp >= -128 && whi - zp <= 127 {
-            continue;
-        }
-        if opts.asymmetric_weights == AsymmetricWeights::Refuse {
-            return Err(GraphError::node(
-                wfq.name(),
-                format!(
-                    "weight zero point [{c}] = {zp} ({:?}, range [{wlo}, {whi}]): the weight \
-                     integers q - zp do not fit i8 (int8 weights are symmetric, zero point 0)",
-                    spec.scheme
-                ),
-            ));
-        }
-        refit_channels.push(c);
-    }
-    let per_oc = scaled.len() / oc;
-    let mut weight = Vec::with_capacity(scaled.len());
-    for (i, &x) in scaled.iter().enumerate() {
-        let c = i / per_oc;
-        let (s, zp) = (scales[pick(c)], zps[pick(c)]);
-        let e = qat_core::quantize_with_inv(x, qat_core::inv_scale(s), zp, wlo, whi) - zp;
-        let k = if refit_channels.binary_search(&c).is_ok() {
-            ((e as f32 / 2.0).round_ties_even() as i32).clamp(-128, 127)
-        } else {
-            e
-        };
-        weight.push(k as i8);
-    }
-    let weight_scales: Vec<f32> = (0..oc)
-        .map(|c| {
-            let s = scales[pick(c)];
-            if refit_channels.binary_search(&c).is_ok() {
-                2.0 * s
-            } else {
-                s
-            }
-        })
-        .collect();
-    finite(wfq.name(), "weight scale", &weight_scales)?;
-
-    let bias_i32 = match &bias {
-        None => None,
-        Some(bias) => {
-            finite(name, "folded bias", bias)?;
-            let mut out = Vec::with_capacity(oc);
-            for (c, (&bv, &ws)) in bias.iter().zip(&weight_scales).enumerate() {
-                let v = (bv as f64 / (input.qparams.scale as f64 * ws as f64)).round_ties_even();
-                if !(v >= i32::MIN as f64 && v <= i32::MAX as f64) {
-                    return Err(GraphError::node(
-                        name,
-                        format!(
-                            "bias [{c}] = {bv} does not fit i32 at scale in·w = {}·{ws}",
-                            input.qparams.scale
-                        ),
-                    ));
-                }
-                out.push(v as i32);
-            }
-            Some(out)
-        }
-    };
-    let clamp = output.clamp_for(act);
-    Ok(LoweredWeighted {
-        kind,
-        weight,
-        weight_scales,
-        refit_channels,
-        bias,
-        bias_i32,
-        input,
-        output,
-        act,
-        clamp,
-    })
-}
-
 /// The integer form of node `id` (see [`Lowered`]). `Err`, naming the node (or its
 /// fake-quant module), for an op with no int8 form (MaxPool, AvgPool2d, Concat, BatchNorm or
 /// Hardswish left quantized, ...), an observer that never saw data, non-finite weights or BN
@@ -548,7 +341,9 @@ pub fn lower_node_with(qat: &QatGraph, id: NodeId, opts: &LowerOptions) -> Resul
         | Op::ConvBn { .. }
         | Op::Linear(_)
         | Op::LinearAct { .. }
-        | Op::LinearBn { .. } => Lowered::Weighted(Box::new(lower_weighted(qat, id, opts)?)),
+        | Op::LinearBn { .. } => {
+            Lowered::Weighted(Box::new(super::weighted::lower_weighted(qat, id, opts)?))
+        }
         Op::Add | Op::AddAct { .. } => {
             let act = match &node.op {
                 Op::AddAct { act } => Some(*act),

@@ -50,6 +50,7 @@
 pub mod lower;
 pub mod plan;
 mod tensor;
+pub(crate) mod weighted;
 
 pub use lower::{
     lower_node, lower_node_with, value_q, ActQ, AsymmetricWeights, LowerOptions, Lowered,

@@ -12,7 +12,7 @@
 use candle_core::Tensor;
 
 use super::QatGraph;
-use crate::convert::{lower_node, Lowered};
+use crate::convert::weighted::lower_bias;
 use crate::error::Result;
 use crate::ir::{Act, NodeId};
 
@@ -35,16 +35,14 @@ pub(crate) fn with_int8_bias(qat: &QatGraph, id: NodeId, y: Tensor) -> Result<Te
     if !(weight_on && input_on) {
         return Ok(y);
     }
-    let Ok(Lowered::Weighted(l)) = lower_node(qat, id) else {
-        return Ok(y);
-    };
-    let (Some(bias), Some(bias_i32)) = (&l.bias, &l.bias_i32) else {
+    let Ok(Some(l)) = lower_bias(qat, id) else {
         return Ok(y);
     };
     let in_scale = l.input.qparams.scale as f64;
-    let shift: Vec<f32> = bias
+    let shift: Vec<f32> = l
+        .bias
         .iter()
-        .zip(bias_i32)
+        .zip(&l.bias_i32)
         .zip(&l.weight_scales)
         .map(|((&b, &bq), &ws)| (bq as f64 * in_scale * ws as f64) as f32 - b)
         .collect();

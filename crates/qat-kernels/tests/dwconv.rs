@@ -309,6 +309,41 @@ fn every_isa_equals_scalar_when_outputs_clip_high() {
     check_isas(&cases);
 }
 
+/// Clamps at the edges of the byte range: output zero points 0, 1, 134 and 135 with ReLU6 at
+/// scale 0.05 give `qmin` 0 / 1 / 134 / 135 and `qmax` 120 / 121 / 254 / 255, with outputs
+/// clipping at both ends. The AVX-512 3×3 kernel skips the byte `max` when `qmin` is 0, the
+/// byte `min` when `qmax` is 255 and the zero-point add when it is 0: one off-by-one in those
+/// conditions changes bytes here.
+#[test]
+fn every_isa_equals_scalar_at_clamp_boundaries() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut at = [0usize; 2];
+    let mut cases = Vec::new();
+    for zp in [0, 1, 134, 135] {
+        for _ in 0..12 {
+            let mut case = random_case(&mut rng, Fill::Random);
+            case.input_q.scale = 0.05;
+            case.w_scale.iter_mut().for_each(|s| *s = 0.05);
+            case.output_q = QParams {
+                scale: 0.05,
+                zero_point: zp,
+            };
+            case.act = Activation::Relu6;
+            let (qmin, qmax) = case.act.bounds(case.output_q);
+            assert_eq!((qmin, qmax), (zp, zp + 120));
+            let y = case.run(Isa::Scalar, 1);
+            at[0] += y.iter().filter(|&&v| v as i32 == qmin).count();
+            at[1] += y.iter().filter(|&&v| v as i32 == qmax).count();
+            cases.push(case);
+        }
+    }
+    assert!(
+        at[0] > 1000 && at[1] > 1000,
+        "clipped outputs {at:?}: too few"
+    );
+    check_isas(&cases);
+}
+
 #[test]
 fn every_isa_equals_scalar_on_tiny_and_odd_inputs() {
     let mut rng = StdRng::seed_from_u64(4);

@@ -14,10 +14,14 @@
 //! (see `store` for why that is exact), and `vpackuswb` restores plain channel order because
 //! the packs work per 128-bit lane exactly as the unpacks did.
 //!
-//! Borders cost nothing in the inner loop: each input row of a channel block is copied once
-//! into a padded row of the scratch (pad positions = input zero point, which the folded bias
-//! cancels), and rows above / below the image read a row of zero points. A ring of three
-//! padded rows serves consecutive output rows.
+//! Quads are built once per input row and channel block, not once per output row: each input
+//! row is rearranged into a *quad row* (the four permuted quad vectors of padded positions
+//! `2i .. 2i + 4` for every `i`) kept in a ring of three per block, so the three output rows
+//! that read an input row (stride 1) share its shuffles, and the inner loops are loads and
+//! `vpdpbusd` only. Output pixel `ox` reads quad `ox / 2` (stride 1, sets A and B serving `ox`
+//! and `ox + 1`) or quad `ox` (stride 2, set A). Padding positions hold the input zero point,
+//! which the folded bias cancels, so borders cost nothing in the inner loop; rows above /
+//! below the image read a quad row of zero points.
 //!
 //! [`requant_avx512`]: crate::x86_64::requant::requant_avx512
 
@@ -99,16 +103,23 @@ pub(super) fn permute<T: Copy>(v: &[T], c: usize, fill: T) -> Vec<T> {
     out
 }
 
-/// Padded row width (positions) for output width `ow` at stride `sw`: the last quad read
-/// starts at `(ow - 1)·sw` and spans 4 positions.
-pub(super) fn padded_width(ow: usize, sw: usize) -> usize {
-    (ow - 1) * sw + 4
+/// Quads a quad row holds for output width `ow` at stride `sw`: quad `i` starts at padded
+/// position `2i`; stride 1 computes two outputs per quad, stride 2 one.
+pub(super) fn quads_per_row(ow: usize, sw: usize) -> usize {
+    if sw == 1 {
+        ow.div_ceil(2)
+    } else {
+        ow
+    }
 }
 
-/// Scratch bytes one band of a `c`-channel conv needs: three ring rows per 64-channel block
-/// and the zero-point row.
+/// Bytes of one quad: four permuted vectors.
+const QUAD: usize = 4 * CB;
+
+/// Scratch bytes one band of a `c`-channel conv needs: three ring quad rows per 64-channel
+/// block and the zero-point quad row.
 pub(super) fn scratch_bytes(ow: usize, sw: usize, c: usize) -> usize {
-    (3 * c.div_ceil(CB) + 1) * padded_width(ow, sw) * CB
+    (3 * c.div_ceil(CB) + 1) * quads_per_row(ow, sw) * QUAD
 }
 
 /// Shape of the call, for the band loop.
@@ -133,8 +144,8 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
     let g = &dw.geometry;
     let c = dw.channels;
     let (sw, ow) = (g.stride_w, b.ow);
-    let wp = padded_width(ow, sw);
-    let row_bytes = wp * CB;
+    // Every block's quad rows are sized for the widest (unfolded) row.
+    let row_bytes = quads_per_row(ow, sw) * QUAD;
     debug_assert!(scratch.len() >= scratch_bytes(ow, sw, c));
     debug_assert_eq!(out.len(), b.rows.len() * ow * c);
     let (ring, zero_row) = scratch.split_at_mut(3 * c.div_ceil(CB) * row_bytes);
@@ -145,6 +156,9 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
         zp: _mm512_set1_epi16(dw.output_zero_point as i16),
         qmin: _mm512_set1_epi8(dw.qmin as u8 as i8),
         qmax: _mm512_set1_epi8(dw.qmax as u8 as i8),
+        add_zp: dw.output_zero_point != 0,
+        max_qmin: dw.qmin > 0,
+        min_qmax: dw.qmax < 255,
     };
     let blocks = c.div_ceil(CB);
     let geo = RowGeo {
@@ -174,17 +188,15 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
                 let dst = &mut blk_ring[slot * row_bytes..(slot + 1) * row_bytes];
                 let src = ((img * b.h + iy) * b.w) * c + blk * CB;
                 let mask = block_mask(c, blk);
+                let fold = folded(c, blk);
+                let kow = if fold { ow.div_ceil(2) } else { ow };
+                let quads = quads_per_row(kow, sw);
+                // The folded upper half holds output `ox + kow`, i.e. `kow·sw` positions on.
+                let shift = fold.then_some(kow * sw);
                 // SAFETY: AVX-512BW (caller); `src` addresses pixel 0 of an input row inside
                 // the validated tensor, read masked to the block's channels (≤ 32 when
-                // folded).
-                unsafe {
-                    if folded(c, blk) {
-                        let shift = ow.div_ceil(2) * sw;
-                        fill_row_folded(input, src, &geo, mask as u32, shift, dst)
-                    } else {
-                        fill_row(input, src, &geo, mask, dst)
-                    }
-                };
+                // folded); `dst` holds `quads_per_row(ow, sw) ≥ quads` quads.
+                unsafe { fill_quad_row(input, src, &geo, mask, shift, quads, dst) };
             }
             tags[slot] = Some((img, iy));
         }
@@ -203,7 +215,9 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
             let orow = (row - b.rows.start) * ow * c + cb;
             // SAFETY: every array is packed for `blocks` blocks, so the block's 64 permuted
             // biases / multipliers and its two weight sets are in bounds; each of `rows`
-            // addresses a padded row of `wp` positions × 64 bytes; `out[orow + ox·c ..]`
+            // addresses a quad row of `quads_per_row(kow, sw)` filled quads (ring rows were
+            // filled with this block's `kow`; the zero row holds `quads_per_row(ow, sw)`);
+            // `out[orow + ox·c ..]`
             // holds the block's channels of every output pixel (masked stores).
             unsafe {
                 let bp = dw.dw3x3_bias.as_ptr().add(cb);
@@ -256,60 +270,60 @@ struct RowGeo {
     zp: u8,
 }
 
-/// Copy input row pixels `0..w` (64 channels from `src`, masked) into positions
-/// `pad..pad + w` of the padded row `dst`, every other position the zero point.
+/// Build a quad row (see the module doc) from input row pixels `0..w` (the `mask`ed channels
+/// at `src + x·c`): quad `i` holds the four permuted vectors of padded positions
+/// `2i .. 2i + 4`, where position `p` is pixel `p - pad` or, outside the row, the zero point.
+///
+/// `shift = Some(s)` builds a folded row (see [`folded`]): each position carries padded
+/// position `p` in bytes 0–31 and `p + s` in bytes 32–63; the unpacks work per 128-bit lane,
+/// so the upper half's quads are those of the shifted positions.
 ///
 /// # Safety
-/// AVX-512BW; `input[src + x·c ..]` holds the `mask`ed bytes for every `x < w`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn fill_row(input: &[u8], src: usize, r: &RowGeo, mask: __mmask64, dst: &mut [u8]) {
-    let RowGeo { w, c, pad, zp } = *r;
-    let wp = dst.len() / CB;
-    let first = pad.min(wp);
-    let last = (pad + w).min(wp);
-    dst[..first * CB].fill(zp);
-    dst[last * CB..].fill(zp);
-    // SAFETY: `src` is an offset inside `input` (caller).
-    let base = unsafe { input.as_ptr().add(src) };
-    for j in first..last {
-        // SAFETY: pixel `j - pad < w` of the row (caller), masked to the valid channels; the
-        // store writes 64 bytes at position `j < wp` of `dst`.
-        unsafe {
-            let v = _mm512_maskz_loadu_epi8(mask, base.add((j - pad) * c).cast());
-            _mm512_storeu_si512(dst.as_mut_ptr().add(j * CB).cast(), v);
-        }
-    }
-}
-
-/// Fill a folded padded row (see [`folded`]): position `q` holds padded position `q` in
-/// bytes 0–31 and padded position `q + shift` in bytes 32–63, each the `mask`ed (≤ 32)
-/// channels of its input pixel or the zero point where it is padding.
-///
-/// # Safety
-/// AVX-512BW/VL; `input[src + x·c ..]` holds the `mask`ed bytes for every `x < w`.
+/// AVX-512F/BW/VL; `input[src + x·c ..]` holds the `mask`ed bytes for every `x < w` (at most
+/// 32 of them when folded); `dst` holds at least `quads` quads.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn fill_row_folded(
+unsafe fn fill_quad_row(
     input: &[u8],
     src: usize,
     r: &RowGeo,
-    mask: __mmask32,
-    shift: usize,
+    mask: __mmask64,
+    shift: Option<usize>,
+    quads: usize,
     dst: &mut [u8],
 ) {
-    let zp = _mm256_set1_epi8(r.zp as i8);
+    debug_assert!(dst.len() >= quads * QUAD);
     // SAFETY: `src` is an offset inside `input` (caller).
     let base = unsafe { input.as_ptr().add(src) };
-    let pixel = |pos: usize| match pos.checked_sub(r.pad) {
-        // SAFETY: pixel `x < w` of the row (caller), masked to the valid channels.
-        Some(x) if x < r.w => unsafe { _mm256_maskz_loadu_epi8(mask, base.add(x * r.c).cast()) },
-        _ => zp,
+    let zp512 = _mm512_set1_epi8(r.zp as i8);
+    let zp256 = _mm256_set1_epi8(r.zp as i8);
+    let inside = |pos: usize| pos.checked_sub(r.pad).filter(|&x| x < r.w);
+    let pixel = |pos: usize| match shift {
+        None => match inside(pos) {
+            // SAFETY: pixel `x < w` of the row (caller), masked to the valid channels.
+            Some(x) => unsafe { _mm512_maskz_loadu_epi8(mask, base.add(x * r.c).cast()) },
+            None => zp512,
+        },
+        Some(s) => {
+            let half = |pos: usize| match inside(pos) {
+                // SAFETY: as above; a folded block has at most 32 valid channels.
+                Some(x) => unsafe {
+                    _mm256_maskz_loadu_epi8(mask as __mmask32, base.add(x * r.c).cast())
+                },
+                None => zp256,
+            };
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(pos)), half(pos + s))
+        }
     };
-    for q in 0..dst.len() / CB {
-        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(pixel(q)), pixel(q + shift));
-        // SAFETY: position `q` of `dst` holds 64 bytes.
-        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(q * CB).cast(), v) };
+    let mut ab = pair(pixel(0), pixel(1));
+    for i in 0..quads {
+        let cd = pair(pixel(2 * i + 2), pixel(2 * i + 3));
+        let q = quads4(ab, cd);
+        for (k, v) in q.into_iter().enumerate() {
+            // SAFETY: quad `i < quads` of `dst` (caller), vector `k < 4` of it.
+            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(i * QUAD + k * CB).cast(), v) };
+        }
+        ab = cd;
     }
 }
 
@@ -320,6 +334,12 @@ struct Epilogue {
     /// `qmin` / `qmax` in every byte.
     qmin: __m512i,
     qmax: __m512i,
+    /// Whether the zero point is not 0 (else the add is skipped), `qmin > 0` (else the packs'
+    /// saturation at 0 already is the lower clamp) and `qmax < 255` (else the upper byte
+    /// clamp is the packs' saturation at 255): ReLU(6) outputs usually need none of the three.
+    add_zp: bool,
+    max_qmin: bool,
+    min_qmax: bool,
 }
 
 /// Per-block constants of a row call.
@@ -347,7 +367,7 @@ fn pair(a: __m512i, b: __m512i) -> [__m512i; 2] {
 /// The four permuted quads of pairs `ab` (positions j, j+1) and `cd` (j+2, j+3).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn quads(ab: [__m512i; 2], cd: [__m512i; 2]) -> [__m512i; 4] {
+fn quads4(ab: [__m512i; 2], cd: [__m512i; 2]) -> [__m512i; 4] {
     [
         _mm512_unpacklo_epi16(ab[0], cd[0]),
         _mm512_unpackhi_epi16(ab[0], cd[0]),
@@ -356,20 +376,15 @@ fn quads(ab: [__m512i; 2], cd: [__m512i; 2]) -> [__m512i; 4] {
     ]
 }
 
-/// Load the pair at position `j` of a padded row.
+/// Vector `k` of quad `i` of a quad row.
 ///
 /// # Safety
-/// `row` addresses at least `j + 2` positions of 64 bytes.
+/// `row` addresses at least `i + 1` quads.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn load_pair(row: *const u8, j: usize) -> [__m512i; 2] {
-    // SAFETY: positions j and j + 1 are inside the row (caller).
-    unsafe {
-        pair(
-            _mm512_loadu_si512(row.add(j * CB).cast()),
-            _mm512_loadu_si512(row.add((j + 1) * CB).cast()),
-        )
-    }
+#[target_feature(enable = "avx512f")]
+unsafe fn qv(row: *const u8, i: usize, k: usize) -> __m512i {
+    // SAFETY: quad `i` is inside the row (caller), `k < 4`.
+    unsafe { _mm512_loadu_si512(row.add(i * QUAD + k * CB).cast()) }
 }
 
 /// Weight vector `k` of row `ky` in set `set` (0 = A, 1 = B).
@@ -419,14 +434,19 @@ unsafe fn store<const FLOAT_CLAMP: bool, const FOLD: bool>(
             _mm512_cvtps_epi32(v)
         }
     });
-    let w01 = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), k.ep.zp);
-    let w23 = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), k.ep.zp);
-    let b = _mm512_max_epu8(_mm512_packus_epi16(w01, w23), k.ep.qmin);
-    let b = if FLOAT_CLAMP {
-        b
-    } else {
-        _mm512_min_epu8(b, k.ep.qmax)
-    };
+    let mut w01 = _mm512_packs_epi32(r[0], r[1]);
+    let mut w23 = _mm512_packs_epi32(r[2], r[3]);
+    if k.ep.add_zp {
+        w01 = _mm512_adds_epi16(w01, k.ep.zp);
+        w23 = _mm512_adds_epi16(w23, k.ep.zp);
+    }
+    let mut b = _mm512_packus_epi16(w01, w23);
+    if k.ep.max_qmin {
+        b = _mm512_max_epu8(b, k.ep.qmin);
+    }
+    if !FLOAT_CLAMP && k.ep.min_qmax {
+        b = _mm512_min_epu8(b, k.ep.qmax);
+    }
     // SAFETY: masked stores of the valid channels of output pixels `ox < ow` and, folded,
     // `ox + half` when it is `< ow` (caller).
     unsafe {
@@ -447,7 +467,7 @@ unsafe fn store<const FLOAT_CLAMP: bool, const FOLD: bool>(
 /// the pixels computed per row (each a pair of pixels when `FOLD`).
 ///
 /// # Safety
-/// AVX-512 VNNI; each row has [`padded_width`]`(ow, 1)` positions; output pixels `< k.ow`
+/// AVX-512 VNNI; each row holds [`quads_per_row`]`(ow, 1)` quads; output pixels `< k.ow`
 /// of the row are writable at `o + pixel·c` for the masked channels.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -457,37 +477,29 @@ unsafe fn row_s1<const FLOAT_CLAMP: bool, const FOLD: bool>(
     o: *mut u8,
     k: &Consts,
 ) {
-    // SAFETY: all loads stay inside the padded rows (positions ≤ (ow-1) + 3) and the weight
-    // sets; stores go to output pixels `< ow` (caller).
+    // SAFETY: quad `ox / 2 < quads_per_row(ow, 1)` of each row and the weight sets are in
+    // bounds; stores go to output pixels `< ow` (caller).
     unsafe {
         let wa: [[__m512i; 4]; 3] =
             std::array::from_fn(|ky| std::array::from_fn(|q| wv(k.wts, 0, ky, q)));
-        let mut ab = [
-            load_pair(rows[0], 0),
-            load_pair(rows[1], 0),
-            load_pair(rows[2], 0),
-        ];
-        let mut ox = 0;
-        while ox < ow {
+        for i in 0..ow.div_ceil(2) {
+            let ox = 2 * i;
             let mut a = k.bias;
             let mut b = k.bias;
             let two = ox + 1 < ow;
-            for ky in 0..3 {
-                let cd = load_pair(rows[ky], ox + 2);
-                let q = quads(ab[ky], cd);
-                for i in 0..4 {
-                    a[i] = _mm512_dpbusd_epi32(a[i], q[i], wa[ky][i]);
+            for (ky, row) in rows.into_iter().enumerate() {
+                for q in 0..4 {
+                    let v = qv(row, i, q);
+                    a[q] = _mm512_dpbusd_epi32(a[q], v, wa[ky][q]);
                     if two {
-                        b[i] = _mm512_dpbusd_epi32(b[i], q[i], wv(k.wts, 1, ky, i));
+                        b[q] = _mm512_dpbusd_epi32(b[q], v, wv(k.wts, 1, ky, q));
                     }
                 }
-                ab[ky] = cd;
             }
             store::<FLOAT_CLAMP, FOLD>(a, k, o, ox);
             if two {
                 store::<FLOAT_CLAMP, FOLD>(b, k, o, ox + 1);
             }
-            ox += 2;
         }
     }
 }
@@ -495,7 +507,7 @@ unsafe fn row_s1<const FLOAT_CLAMP: bool, const FOLD: bool>(
 /// One output row at stride 2: one quad per output pixel (set A).
 ///
 /// # Safety
-/// As [`row_s1`] with [`padded_width`]`(ow, 2)` positions.
+/// As [`row_s1`] with [`quads_per_row`]`(ow, 2) = ow` quads per row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn row_s2<const FLOAT_CLAMP: bool, const FOLD: bool>(
@@ -504,24 +516,16 @@ unsafe fn row_s2<const FLOAT_CLAMP: bool, const FOLD: bool>(
     o: *mut u8,
     k: &Consts,
 ) {
-    // SAFETY: as in `row_s1`; positions read are ≤ 2(ow-1) + 3.
+    // SAFETY: as in `row_s1`; quad `ox < ow` of each row.
     unsafe {
         let wa: [[__m512i; 4]; 3] =
             std::array::from_fn(|ky| std::array::from_fn(|q| wv(k.wts, 0, ky, q)));
-        let mut ab = [
-            load_pair(rows[0], 0),
-            load_pair(rows[1], 0),
-            load_pair(rows[2], 0),
-        ];
         for ox in 0..ow {
             let mut a = k.bias;
-            for ky in 0..3 {
-                let cd = load_pair(rows[ky], 2 * ox + 2);
-                let q = quads(ab[ky], cd);
-                for i in 0..4 {
-                    a[i] = _mm512_dpbusd_epi32(a[i], q[i], wa[ky][i]);
+            for (ky, row) in rows.into_iter().enumerate() {
+                for q in 0..4 {
+                    a[q] = _mm512_dpbusd_epi32(a[q], qv(row, ox, q), wa[ky][q]);
                 }
-                ab[ky] = cd;
             }
             store::<FLOAT_CLAMP, FOLD>(a, k, o, ox);
         }

@@ -364,6 +364,10 @@ fn every_isa_equals_scalar_on_tiny_and_odd_inputs() {
         (3, 56, 3, 2, 0),
         (3, 30, 5, 2, 2),
         (4, 33, 5, 1, 2),
+        // Padding wider than the kernel's reach: whole border quads of zero points.
+        (5, 9, 3, 1, 3),
+        (6, 11, 3, 2, 3),
+        (4, 30, 3, 1, 4),
     ] {
         for c in [1, 3, 15, 17, 32, 33, 96] {
             let mut case = random_case(&mut rng, Fill::Random);

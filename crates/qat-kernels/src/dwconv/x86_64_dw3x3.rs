@@ -316,14 +316,58 @@ unsafe fn fill_quad_row(
         }
     };
     let mut ab = pair(pixel(0), pixel(1));
-    for i in 0..quads {
-        let cd = pair(pixel(2 * i + 2), pixel(2 * i + 3));
-        let q = quads4(ab, cd);
-        for (k, v) in q.into_iter().enumerate() {
+    let mut step = |i: usize, cd: [__m512i; 2]| {
+        for (k, v) in quads4(ab, cd).into_iter().enumerate() {
             // SAFETY: quad `i < quads` of `dst` (caller), vector `k < 4` of it.
             unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(i * QUAD + k * CB).cast(), v) };
         }
         ab = cd;
+    };
+    // Quads whose new positions `2i + 2`, `2i + 3` (and the folded `+ s`) are all pixels of
+    // the row: `lo..hi`. They load without checks, walking a pointer.
+    let s = shift.unwrap_or(0);
+    let lo = r.pad.saturating_sub(2).div_ceil(2).min(quads);
+    let hi = (r.pad + r.w)
+        .checked_sub(4 + s)
+        .map_or(0, |v| v / 2 + 1)
+        .clamp(lo, quads);
+    for i in 0..lo {
+        step(i, pair(pixel(2 * i + 2), pixel(2 * i + 3)));
+    }
+    if lo < hi {
+        let c = r.c;
+        // SAFETY: position `2·lo + 2 ≥ pad` is pixel `2·lo + 2 - pad < w` of the row.
+        let mut p = unsafe { base.add((2 * lo + 2 - r.pad) * c) };
+        for i in lo..hi {
+            // SAFETY: for `i < hi`, positions `2i + 2 + {0, 1}` (+ `s` when folded) are pixels
+            // `< w` of the row, read masked to the block's channels (caller); `p` addresses
+            // the first of them and advances two pixels per quad, staying inside the row.
+            let cd = unsafe {
+                if shift.is_some() {
+                    let m = mask as __mmask32;
+                    let half = |q: *const u8| {
+                        _mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(m, q.cast())),
+                            _mm256_maskz_loadu_epi8(m, q.add(s * c).cast()),
+                        )
+                    };
+                    pair(half(p), half(p.add(c)))
+                } else {
+                    pair(
+                        _mm512_maskz_loadu_epi8(mask, p.cast()),
+                        _mm512_maskz_loadu_epi8(mask, p.add(c).cast()),
+                    )
+                }
+            };
+            step(i, cd);
+            if i + 1 < hi {
+                // SAFETY: quad `i + 1 < hi` reads from there (see above).
+                p = unsafe { p.add(2 * c) };
+            }
+        }
+    }
+    for i in hi..quads {
+        step(i, pair(pixel(2 * i + 2), pixel(2 * i + 3)));
     }
 }
 

@@ -38,8 +38,8 @@
 //!
 //! ## File format
 //!
-//! See [`format`]: safetensors with canonical weights and the plan as versioned JSON in the
-//! metadata; packing happens at load, so one file runs on x86 and ARM.
+//! See [`format`](mod@format): safetensors with canonical weights and the plan as versioned
+//! JSON in the metadata; packing happens at load, so one file runs on x86 and ARM.
 
 mod builder;
 mod error;

@@ -6,7 +6,7 @@ use crate::float_ops;
 use crate::op::{Bias, Node, Op, Shape, ValueType};
 use crate::Result;
 use qat_core::{QParams, Requant};
-use qat_kernels::conv::Conv2dGeometry;
+use qat_kernels::conv::{Conv2dGeometry, StemConv};
 use qat_kernels::dwconv::DwConv;
 use qat_kernels::elementwise::{self, QuantizedAdd};
 use qat_kernels::gemm::PackedGemm;
@@ -19,6 +19,8 @@ pub(crate) enum Kernel {
     Quantize(QParams),
     Dequantize(QParams),
     Depthwise(DwConv),
+    /// Few input channels, k×k (the stem): the direct AVX-512 kernel, no im2col.
+    Stem(StemConv),
     /// One GEMM per group; `direct` = 1×1 stride 1 unpadded (the GEMM reads the input pixels).
     ConvGemm {
         gemms: Vec<PackedGemm>,
@@ -72,7 +74,7 @@ fn requants(in_s: f32, scales: &[f32], out: QParams, act: qat_kernels::Activatio
         .collect()
 }
 
-/// Kernel scratch (batch-independent) a step needs: depthwise bytes, pool i32 sums.
+/// Kernel scratch (batch-independent) a step needs: depthwise / stem bytes, pool i32 sums.
 pub(crate) fn kernel_scratch(
     name: &str,
     k: &Kernel,
@@ -83,6 +85,11 @@ pub(crate) fn kernel_scratch(
     Ok(match k {
         Kernel::Depthwise(dw) => (
             dw.scratch_len(in_shape.h, in_shape.w, isa, threads)
+                .map_err(kernel_err(name))?,
+            0,
+        ),
+        Kernel::Stem(st) => (
+            st.scratch_len(in_shape.h, in_shape.w, threads)
                 .map_err(kernel_err(name))?,
             0,
         ),
@@ -126,6 +133,27 @@ pub(crate) fn pack(node: &Node, in_ty: ValueType, in_shape: Shape, isa: Isa) -> 
                         &p.weight,
                         &p.weight_scales,
                         bias,
+                        in_q,
+                        p.output,
+                        p.activation,
+                    )
+                    .map_err(kernel_err(name))?,
+                )
+            } else if g == 1
+                && geo.taps() > 1
+                && isa == Isa::Avx512Vnni
+                && StemConv::fast_path(ci, &geo)
+            {
+                // Few input channels: im2col rows of a handful of bytes would leave the GEMM
+                // mostly overhead (the stem ran at 8% of the VNNI peak that way).
+                Kernel::Stem(
+                    StemConv::new(
+                        ci,
+                        co,
+                        geo,
+                        &p.weight,
+                        &p.weight_scales,
+                        bias_i32(&p.bias),
                         in_q,
                         p.output,
                         p.activation,
@@ -249,7 +277,7 @@ pub(crate) struct StepCtx<'a> {
     pub isa: Isa,
     pub threads: usize,
     pub cols: &'a mut Vec<u8>,
-    /// Depthwise scratch (sized by [`kernel_scratch`]).
+    /// Depthwise / stem scratch (sized by [`kernel_scratch`]).
     pub dw_scratch: &'a mut [u8],
     /// Pool channel sums (sized by [`kernel_scratch`]).
     pub pool_sums: &'a mut [i32],
@@ -273,6 +301,11 @@ pub(crate) fn run_step(cx: StepCtx<'_>, io: Io<'_>) -> Result<()> {
         }
         (Kernel::Depthwise(dw), Io::U8ToU8(x, None, y)) => {
             dw.run_with_scratch(x, batch, s.h, s.w, y, isa, threads, cx.dw_scratch)
+                .map_err(ke)?;
+            Ok(())
+        }
+        (Kernel::Stem(st), Io::U8ToU8(x, None, y)) => {
+            st.run_with_scratch(x, batch, s.h, s.w, y, threads, cx.dw_scratch)
                 .map_err(ke)?;
             Ok(())
         }

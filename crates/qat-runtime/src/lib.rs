@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | (entry) | f32 NCHW → u8 NHWC | `quantize_u8` + transpose |
 //! | `quantize` / `dequantize` | f32 ⇄ u8 | element-wise kernels |
-//! | `conv2d` | u8 → u8 | depthwise: direct kernel; 1×1 s1: GEMM over pixels; else im2col + GEMM per group |
+//! | `conv2d` | u8 → u8 | depthwise: direct kernel; 1×1 s1: GEMM over pixels; few input channels (the stem, AVX-512 VBMI): direct kernel; else im2col + GEMM per group |
 //! | `linear` | u8 `[C,1,1]` → u8 | one GEMM over the batch |
 //! | `add` (+ReLU) | u8, u8 → u8 | quantized add (different scales) |
 //! | `global_avg_pool` | u8 `[C,H,W]` → u8 `[C,1,1]` | pool kernel |

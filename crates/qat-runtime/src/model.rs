@@ -239,6 +239,7 @@ impl QuantizedModel {
                         if *direct { "1x1+" } else { "im2col+" },
                         gemms[0].kernel_name()
                     ),
+                    Kernel::Stem(st) => format!("direct_{}", st.kernel_name()),
                     Kernel::Linear(g) => g.kernel_name().to_string(),
                     Kernel::Add(_) => format!(
                         "elementwise_{}",

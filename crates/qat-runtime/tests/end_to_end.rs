@@ -214,6 +214,7 @@ fn general_convolutions_match_reference() {
         (1, 3, 7, 1, 3, 1, 1, 5, 5),    // kernel wider than the image
         (1, 3, 3, 2, 1, 2, 1, 9, 9),    // dilated: the general path
     ];
+    let mut stem_runs = 0;
     for (i, &(ci, co, k, st, p, d, g, h, w)) in cases.iter().enumerate() {
         let mut params = conv(
             &mut r,
@@ -243,6 +244,12 @@ fn general_convolutions_match_reference() {
                     },
                 )
                 .unwrap();
+            if m.kernel_names()
+                .iter()
+                .any(|(_, k)| k.starts_with("direct_"))
+            {
+                stem_runs += 1;
+            }
             let x = inputs(&mut rng(i as u64), 2 * ci * h * w, 4.0);
             let xq = ref_quantize_nchw(&x, 2, Shape::new(ci, h, w), inq);
             let want = ref_conv(&xq, &params);
@@ -255,4 +262,10 @@ fn general_convolutions_match_reference() {
             }
         }
     }
+    // The direct few-channel kernel took the stem shapes where the CPU has it.
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512Vnni.is_supported() && std::arch::is_x86_feature_detected!("avx512vbmi") {
+        assert!(stem_runs >= 8, "direct stem kernel ran {stem_runs} times");
+    }
+    eprintln!("direct stem kernel: {stem_runs} runs");
 }

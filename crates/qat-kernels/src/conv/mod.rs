@@ -29,8 +29,10 @@
 mod geometry;
 mod im2col;
 mod reference;
+mod stem;
 
 pub use geometry::Conv2dGeometry;
+pub use stem::StemConv;
 
 use crate::dwconv::DwConv;
 use crate::error::{check_len, check_scale, check_zero_point, KernelError, Result};

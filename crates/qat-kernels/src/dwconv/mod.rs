@@ -77,6 +77,7 @@ pub struct DwConv {
     packed_weights: Vec<i16>,
     /// `[ky][quad][padded C]` dwords of four i8 taps, for the AVX-512 quad kernel (empty when
     /// the geometry does not suit it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     packed_quads: Vec<i32>,
     /// `bias - zp_in · Σ_taps w`, wrapping; padded with 0.
     packed_bias: Vec<i32>,
@@ -91,7 +92,9 @@ pub struct DwConv {
     /// The AVX-512 3×3 kernel's weights, biases and multipliers in its permuted channel order
     /// (see `x86_64_dw3x3`; empty when the geometry does not suit it).
     dw3x3_weights: Vec<u8>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     dw3x3_bias: Vec<i32>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     dw3x3_mult: Vec<f32>,
     /// Every channel's `|f32(acc) · multiplier|` stays below 2³¹ for any input
     /// ([`crate::gemm::products_fit_i32`]): the 3×3 kernel may then clamp after converting.

@@ -117,9 +117,10 @@ enum Variant {
 /// Input rows a quad-kernel ring may span (its row tags live on the stack).
 const MAX_QUAD_SPAN: usize = 8;
 
-/// Fewest channels for which the 64-channel 3×3 kernel beats the 16-channel quad kernel
-/// (a block of 64 costs the same however many channels are valid).
-const DW3X3_MIN_CHANNELS: usize = 32;
+/// Fewest channels for which the 64-channel 3×3 kernel beats the 16-channel quad kernel: a
+/// block of 16 or fewer channels carries four output pixels per vector (`x86_64_dw3x3`'s
+/// folding), so from 16 channels no lane is wasted.
+const DW3X3_MIN_CHANNELS: usize = 16;
 
 /// Scratch regions start on a cache line.
 const SCRATCH_ALIGN: usize = 64;

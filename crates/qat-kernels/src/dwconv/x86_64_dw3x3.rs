@@ -35,21 +35,26 @@ pub(super) const CB: usize = 64;
 const SET: usize = 3 * 4 * CB;
 
 /// Channel of byte lane `(k, L, d)` within block `blk` of a `c`-channel conv: see the module
-/// doc. A folded block (see [`folded`]) repeats lanes 0–1 in lanes 2–3.
+/// doc. A folded block (see [`fold`]) repeats its lanes in every part.
 fn permuted_channel(c: usize, blk: usize, k: usize, lane: usize, d: usize) -> usize {
-    let lane = if folded(c, blk) { lane % 2 } else { lane };
+    let lane = lane % (4 / fold(c, blk));
     blk * CB + 16 * lane + 4 * k + d
 }
 
-/// Whether block `blk` holds at most 32 channels (the last block of e.g. 96 or 160).
+/// How many output pixels one vector of block `blk` carries: 4 when the block holds at most
+/// 16 channels (16-channel layers, the last block of 80 or 144), 2 for at most 32 (the last
+/// block of 96 or 160), else 1.
 ///
-/// Such a block is *folded*: its zmm holds the 32 channels of two output pixels, `ox` in
-/// lanes 0–1 and `ox + ⌈ow/2⌉` in lanes 2–3 (a folded padded row stores position `q` and
-/// position `q + ⌈ow/2⌉·stride` side by side), so no vector lane computes a missing channel
-/// of a half-empty block. The permuted channel order works per 128-bit lane, so the same
-/// weights serve both halves.
-fn folded(c: usize, blk: usize) -> bool {
-    c - blk * CB <= CB / 2
+/// A block folded `f` times splits its zmm into `f` parts of `64 / f` bytes, part `j` holding
+/// output pixel `ox + j·⌈ow/f⌉` (a folded quad row stores padded position `q + j·⌈ow/f⌉·stride`
+/// in part `j`), so no vector lane computes a missing channel of a mostly empty block. The
+/// permuted channel order works per 128-bit lane, so the same weights serve every part.
+fn fold(c: usize, blk: usize) -> usize {
+    match c - blk * CB {
+        n if n <= CB / 4 => 4,
+        n if n <= CB / 2 => 2,
+        _ => 1,
+    }
 }
 
 /// Pack `[C][3][3]` weights for this kernel: per block, set A (`[w0, w1, w2, 0]`) then set B
@@ -188,24 +193,24 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
                 let dst = &mut blk_ring[slot * row_bytes..(slot + 1) * row_bytes];
                 let src = ((img * b.h + iy) * b.w) * c + blk * CB;
                 let mask = block_mask(c, blk);
-                let fold = folded(c, blk);
-                let kow = if fold { ow.div_ceil(2) } else { ow };
+                let f = fold(c, blk);
+                let kow = ow.div_ceil(f);
                 let quads = quads_per_row(kow, sw);
-                // The folded upper half holds output `ox + kow`, i.e. `kow·sw` positions on.
-                let shift = fold.then_some(kow * sw);
+                // Part `j` of a folded row holds output `ox + j·kow`: `j·kow·sw` positions on.
+                let part = Part { f, shift: kow * sw };
                 // SAFETY: AVX-512BW (caller); `src` addresses pixel 0 of an input row inside
-                // the validated tensor, read masked to the block's channels (≤ 32 when
-                // folded); `dst` holds `quads_per_row(ow, sw) ≥ quads` quads.
-                unsafe { fill_quad_row(input, src, &geo, mask, shift, quads, dst) };
+                // the validated tensor, read masked to the block's channels (≤ 64 / f);
+                // `dst` holds `quads_per_row(ow, sw) ≥ quads` quads.
+                unsafe { fill_quad_row(input, src, &geo, mask, part, quads, dst) };
             }
             tags[slot] = Some((img, iy));
         }
         for blk in 0..blocks {
             let cb = blk * CB;
             let mask = block_mask(c, blk);
-            let fold = folded(c, blk);
-            // Outputs per row the kernel computes: a folded block computes two per vector.
-            let kow = if fold { ow.div_ceil(2) } else { ow };
+            let f = fold(c, blk);
+            // Outputs per row the kernel computes: a folded block computes `f` per vector.
+            let kow = ow.div_ceil(f);
             let blk_ring = &ring[blk * 3 * row_bytes..(blk + 1) * 3 * row_bytes];
             // Three consecutive input rows never share a slot.
             let rows: [*const u8; 3] = std::array::from_fn(|ky| match inside(ky) {
@@ -233,15 +238,19 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
                     half: kow,
                     ep: &ep,
                 };
-                match (sw == 1, dw.fits_i32, fold) {
-                    (true, true, false) => row_s1::<false, false>(rows, kow, o, &k),
-                    (true, false, false) => row_s1::<true, false>(rows, kow, o, &k),
-                    (false, true, false) => row_s2::<false, false>(rows, kow, o, &k),
-                    (false, false, false) => row_s2::<true, false>(rows, kow, o, &k),
-                    (true, true, true) => row_s1::<false, true>(rows, kow, o, &k),
-                    (true, false, true) => row_s1::<true, true>(rows, kow, o, &k),
-                    (false, true, true) => row_s2::<false, true>(rows, kow, o, &k),
-                    (false, false, true) => row_s2::<true, true>(rows, kow, o, &k),
+                match (f, sw == 1, dw.fits_i32) {
+                    (1, true, true) => row_s1::<false, 1>(rows, kow, o, &k),
+                    (1, true, false) => row_s1::<true, 1>(rows, kow, o, &k),
+                    (1, false, true) => row_s2::<false, 1>(rows, kow, o, &k),
+                    (1, false, false) => row_s2::<true, 1>(rows, kow, o, &k),
+                    (2, true, true) => row_s1::<false, 2>(rows, kow, o, &k),
+                    (2, true, false) => row_s1::<true, 2>(rows, kow, o, &k),
+                    (2, false, true) => row_s2::<false, 2>(rows, kow, o, &k),
+                    (2, false, false) => row_s2::<true, 2>(rows, kow, o, &k),
+                    (_, true, true) => row_s1::<false, 4>(rows, kow, o, &k),
+                    (_, true, false) => row_s1::<true, 4>(rows, kow, o, &k),
+                    (_, false, true) => row_s2::<false, 4>(rows, kow, o, &k),
+                    (_, false, false) => row_s2::<true, 4>(rows, kow, o, &k),
                 }
             }
         }
@@ -270,17 +279,25 @@ struct RowGeo {
     zp: u8,
 }
 
+/// How a quad row is folded (see [`fold`]): `f` parts, part `j` holding padded position
+/// `p + j·shift`.
+#[derive(Clone, Copy)]
+struct Part {
+    f: usize,
+    shift: usize,
+}
+
 /// Build a quad row (see the module doc) from input row pixels `0..w` (the `mask`ed channels
 /// at `src + x·c`): quad `i` holds the four permuted vectors of padded positions
 /// `2i .. 2i + 4`, where position `p` is pixel `p - pad` or, outside the row, the zero point.
 ///
-/// `shift = Some(s)` builds a folded row (see [`folded`]): each position carries padded
-/// position `p` in bytes 0–31 and `p + s` in bytes 32–63; the unpacks work per 128-bit lane,
-/// so the upper half's quads are those of the shifted positions.
+/// A folded row (`part.f` of 2 or 4, see [`fold`]) carries padded position `p + j·shift` in
+/// part `j` (bytes `64j/f ..`) of each position; the unpacks work per 128-bit lane, so part
+/// `j`'s quads are those of the shifted positions.
 ///
 /// # Safety
 /// AVX-512F/BW/VL; `input[src + x·c ..]` holds the `mask`ed bytes for every `x < w` (at most
-/// 32 of them when folded); `dst` holds at least `quads` quads.
+/// `64 / f` of them); `dst` holds at least `quads` quads.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn fill_quad_row(
@@ -288,31 +305,38 @@ unsafe fn fill_quad_row(
     src: usize,
     r: &RowGeo,
     mask: __mmask64,
-    shift: Option<usize>,
+    part: Part,
     quads: usize,
     dst: &mut [u8],
 ) {
     debug_assert!(dst.len() >= quads * QUAD);
     // SAFETY: `src` is an offset inside `input` (caller).
     let base = unsafe { input.as_ptr().add(src) };
-    let zp512 = _mm512_set1_epi8(r.zp as i8);
-    let zp256 = _mm256_set1_epi8(r.zp as i8);
+    let (f, s) = (part.f, part.shift);
     let inside = |pos: usize| pos.checked_sub(r.pad).filter(|&x| x < r.w);
-    let pixel = |pos: usize| match shift {
-        None => match inside(pos) {
-            // SAFETY: pixel `x < w` of the row (caller), masked to the valid channels.
-            Some(x) => unsafe { _mm512_maskz_loadu_epi8(mask, base.add(x * r.c).cast()) },
-            None => zp512,
-        },
-        Some(s) => {
-            let half = |pos: usize| match inside(pos) {
-                // SAFETY: as above; a folded block has at most 32 valid channels.
-                Some(x) => unsafe {
-                    _mm256_maskz_loadu_epi8(mask as __mmask32, base.add(x * r.c).cast())
-                },
-                None => zp256,
-            };
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(pos)), half(pos + s))
+    // SAFETY (the three loaders): `p` addresses the block's first channel of an input pixel
+    // (caller), read masked to the block's ≤ 64 / f valid channels.
+    let whole = |p: *const u8| unsafe { _mm512_maskz_loadu_epi8(mask, p.cast()) };
+    let half = |p: *const u8| unsafe { _mm256_maskz_loadu_epi8(mask as __mmask32, p.cast()) };
+    let quarter = |p: *const u8| unsafe { _mm_maskz_loadu_epi8(mask as __mmask16, p.cast()) };
+    let zp = r.zp as i8;
+    // Position `pos` (and its folded parts), checked against the row's borders.
+    let pixel = |pos: usize| {
+        // SAFETY: pixel `x < w` of the row (caller).
+        let at = |x: usize| unsafe { base.add(x * r.c) };
+        match f {
+            1 => inside(pos).map_or(_mm512_set1_epi8(zp), |x| whole(at(x))),
+            2 => {
+                let h = |p: usize| inside(p).map_or(_mm256_set1_epi8(zp), |x| half(at(x)));
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h(pos)), h(pos + s))
+            }
+            _ => {
+                let q = |p: usize| inside(p).map_or(_mm_set1_epi8(zp), |x| quarter(at(x)));
+                let v = _mm512_castsi128_si512(q(pos));
+                let v = _mm512_inserti32x4::<1>(v, q(pos + s));
+                let v = _mm512_inserti32x4::<2>(v, q(pos + 2 * s));
+                _mm512_inserti32x4::<3>(v, q(pos + 3 * s))
+            }
         }
     };
     let mut ab = pair(pixel(0), pixel(1));
@@ -323,12 +347,11 @@ unsafe fn fill_quad_row(
         }
         ab = cd;
     };
-    // Quads whose new positions `2i + 2`, `2i + 3` (and the folded `+ s`) are all pixels of
-    // the row: `lo..hi`. They load without checks, walking a pointer.
-    let s = shift.unwrap_or(0);
+    // Quads whose new positions `2i + 2`, `2i + 3` (and the folded `+ j·s`) are all pixels
+    // of the row: `lo..hi`. They load without checks, walking a pointer.
     let lo = r.pad.saturating_sub(2).div_ceil(2).min(quads);
     let hi = (r.pad + r.w)
-        .checked_sub(4 + s)
+        .checked_sub(4 + (f - 1) * s)
         .map_or(0, |v| v / 2 + 1)
         .clamp(lo, quads);
     for i in 0..lo {
@@ -339,25 +362,23 @@ unsafe fn fill_quad_row(
         // SAFETY: position `2·lo + 2 ≥ pad` is pixel `2·lo + 2 - pad < w` of the row.
         let mut p = unsafe { base.add((2 * lo + 2 - r.pad) * c) };
         for i in lo..hi {
-            // SAFETY: for `i < hi`, positions `2i + 2 + {0, 1}` (+ `s` when folded) are pixels
-            // `< w` of the row, read masked to the block's channels (caller); `p` addresses
-            // the first of them and advances two pixels per quad, staying inside the row.
+            // SAFETY: for `i < hi`, positions `2i + 2 + {0, 1}` (+ `j·s` when folded) are
+            // pixels `< w` of the row, read masked to the block's channels (caller); `p`
+            // addresses the first of them and advances two pixels per quad, inside the row.
             let cd = unsafe {
-                if shift.is_some() {
-                    let m = mask as __mmask32;
-                    let half = |q: *const u8| {
-                        _mm512_inserti64x4::<1>(
-                            _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(m, q.cast())),
-                            _mm256_maskz_loadu_epi8(m, q.add(s * c).cast()),
-                        )
-                    };
-                    pair(half(p), half(p.add(c)))
-                } else {
-                    pair(
-                        _mm512_maskz_loadu_epi8(mask, p.cast()),
-                        _mm512_maskz_loadu_epi8(mask, p.add(c).cast()),
-                    )
-                }
+                let px = |q: *const u8| match f {
+                    1 => whole(q),
+                    2 => {
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(q)), half(q.add(s * c)))
+                    }
+                    _ => {
+                        let v = _mm512_castsi128_si512(quarter(q));
+                        let v = _mm512_inserti32x4::<1>(v, quarter(q.add(s * c)));
+                        let v = _mm512_inserti32x4::<2>(v, quarter(q.add(2 * s * c)));
+                        _mm512_inserti32x4::<3>(v, quarter(q.add(3 * s * c)))
+                    }
+                };
+                pair(px(p), px(p.add(c)))
             };
             step(i, cd);
             if i + 1 < hi {
@@ -395,8 +416,8 @@ struct Consts<'a> {
     c: usize,
     /// Output pixels per row.
     ow: usize,
-    /// Output pixels the kernel computes per row: `ow`, or `⌈ow/2⌉` when folded (output `ox`
-    /// then also yields `ox + half` in the upper 256 bits).
+    /// Output pixels the kernel computes per row: `⌈ow/f⌉` for a block folded `f` times
+    /// (output `ox` then also yields `ox + j·half` in part `j`).
     half: usize,
     ep: &'a Epilogue,
 }
@@ -456,15 +477,15 @@ unsafe fn wv(wts: *const u8, set: usize, ky: usize, k: usize) -> __m512i {
 /// the same argument mirrored: every lane converts exactly, a lane above `hi` rounds to at
 /// least `hi` and the monotone packs keep it at or above `qmax`.
 ///
-/// Writes output pixel `ox` at `o + ox·c` and, when `FOLD`, pixel `ox + k.half` from the upper
-/// 256 bits if it is `< k.ow`.
+/// Writes output pixel `ox` at `o + ox·c` and, folded `F` times, pixel `ox + j·k.half` from
+/// part `j` (bytes `64j/F ..`) when it is `< k.ow`.
 ///
 /// # Safety
 /// AVX-512F/BW/VL; output pixels `< k.ow` are writable at `o + pixel·c` for the `mask`ed
-/// bytes (at most 32 when `FOLD`); `ox < k.ow`.
+/// bytes (at most `64 / F`); `ox < k.ow`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn store<const FLOAT_CLAMP: bool, const FOLD: bool>(
+unsafe fn store<const FLOAT_CLAMP: bool, const F: usize>(
     acc: [__m512i; 4],
     k: &Consts,
     o: *mut u8,
@@ -492,30 +513,46 @@ unsafe fn store<const FLOAT_CLAMP: bool, const FOLD: bool>(
         b = _mm512_min_epu8(b, k.ep.qmax);
     }
     // SAFETY: masked stores of the valid channels of output pixels `ox < ow` and, folded,
-    // `ox + half` when it is `< ow` (caller).
+    // `ox + j·half` when it is `< ow` (caller).
     unsafe {
-        if FOLD {
-            let m = k.mask as __mmask32;
-            _mm256_mask_storeu_epi8(o.add(ox * k.c).cast(), m, _mm512_castsi512_si256(b));
-            if ox + k.half < k.ow {
-                let hi = _mm512_extracti64x4_epi64::<1>(b);
-                _mm256_mask_storeu_epi8(o.add((ox + k.half) * k.c).cast(), m, hi);
+        let at = |j: usize| o.add((ox + j * k.half) * k.c);
+        let valid = |j: usize| ox + j * k.half < k.ow;
+        match F {
+            1 => _mm512_mask_storeu_epi8(at(0).cast(), k.mask, b),
+            2 => {
+                let m = k.mask as __mmask32;
+                _mm256_mask_storeu_epi8(at(0).cast(), m, _mm512_castsi512_si256(b));
+                if valid(1) {
+                    let hi = _mm512_extracti64x4_epi64::<1>(b);
+                    _mm256_mask_storeu_epi8(at(1).cast(), m, hi);
+                }
             }
-        } else {
-            _mm512_mask_storeu_epi8(o.add(ox * k.c).cast(), k.mask, b);
+            _ => {
+                let m = k.mask as __mmask16;
+                _mm_mask_storeu_epi8(at(0).cast(), m, _mm512_castsi512_si128(b));
+                if valid(1) {
+                    _mm_mask_storeu_epi8(at(1).cast(), m, _mm512_extracti32x4_epi32::<1>(b));
+                }
+                if valid(2) {
+                    _mm_mask_storeu_epi8(at(2).cast(), m, _mm512_extracti32x4_epi32::<2>(b));
+                }
+                if valid(3) {
+                    _mm_mask_storeu_epi8(at(3).cast(), m, _mm512_extracti32x4_epi32::<3>(b));
+                }
+            }
         }
     }
 }
 
 /// One output row at stride 1: two output pixels per quad (sets A and B); `ow` is `k.half`,
-/// the pixels computed per row (each a pair of pixels when `FOLD`).
+/// the pixels computed per row (each `F` pixels when folded).
 ///
 /// # Safety
 /// AVX-512 VNNI; each row holds [`quads_per_row`]`(ow, 1)` quads; output pixels `< k.ow`
 /// of the row are writable at `o + pixel·c` for the masked channels.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn row_s1<const FLOAT_CLAMP: bool, const FOLD: bool>(
+unsafe fn row_s1<const FLOAT_CLAMP: bool, const F: usize>(
     rows: [*const u8; 3],
     ow: usize,
     o: *mut u8,
@@ -540,9 +577,9 @@ unsafe fn row_s1<const FLOAT_CLAMP: bool, const FOLD: bool>(
                     }
                 }
             }
-            store::<FLOAT_CLAMP, FOLD>(a, k, o, ox);
+            store::<FLOAT_CLAMP, F>(a, k, o, ox);
             if two {
-                store::<FLOAT_CLAMP, FOLD>(b, k, o, ox + 1);
+                store::<FLOAT_CLAMP, F>(b, k, o, ox + 1);
             }
         }
     }
@@ -554,7 +591,7 @@ unsafe fn row_s1<const FLOAT_CLAMP: bool, const FOLD: bool>(
 /// As [`row_s1`] with [`quads_per_row`]`(ow, 2) = ow` quads per row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn row_s2<const FLOAT_CLAMP: bool, const FOLD: bool>(
+unsafe fn row_s2<const FLOAT_CLAMP: bool, const F: usize>(
     rows: [*const u8; 3],
     ow: usize,
     o: *mut u8,
@@ -571,7 +608,7 @@ unsafe fn row_s2<const FLOAT_CLAMP: bool, const FOLD: bool>(
                     a[q] = _mm512_dpbusd_epi32(a[q], qv(row, ox, q), wa[ky][q]);
                 }
             }
-            store::<FLOAT_CLAMP, FOLD>(a, k, o, ox);
+            store::<FLOAT_CLAMP, F>(a, k, o, ox);
         }
     }
 }

@@ -9,7 +9,7 @@ use candle_core::{Result, Tensor};
 use ops_util::{assert_close, assert_stats_close, check_fd, grads_of, randn};
 use qat_graph::ops::{
     batch_norm_act_train_prescaled, batch_norm_act_train_prescaled_slow,
-    batch_norm_train_prescaled, clamp,
+    batch_norm_train_prescaled, clamp, BatchNormTrainOutput,
 };
 
 const EPS: f64 = 1e-5;
@@ -35,6 +35,23 @@ fn inputs(seed: u64, (n, c, h, w): (usize, usize, usize, usize)) -> Result<Vec<T
     ])
 }
 
+/// The signature of [`batch_norm_act_train_prescaled`] and its candle twin.
+type PrescaledAct = fn(
+    &Tensor,
+    &Tensor,
+    Option<&Tensor>,
+    &Tensor,
+    &Tensor,
+    f64,
+    f32,
+    f32,
+) -> Result<BatchNormTrainOutput>;
+
+/// `f` on `t = [x, divisor, γ, β, shift?]` (see [`inputs`]) with the activation `(min, max)`.
+fn apply(f: PrescaledAct, t: &[Tensor], (lo, hi): (f32, f32)) -> Result<BatchNormTrainOutput> {
+    f(&t[0], &t[1], t.get(4), &t[2], &t[3], EPS, lo, hi)
+}
+
 #[test]
 fn ops_prescaled_bn_act_matches_candle_and_unfused_ops() -> Result<()> {
     // The last case is over the parallel threshold (2^15 elements).
@@ -49,31 +66,12 @@ fn ops_prescaled_bn_act_matches_candle_and_unfused_ops() -> Result<()> {
                 if !with_shift {
                     ins.pop();
                 }
+                let act = (lo, hi);
                 let fused = grads_of(&ins, seed + 5, |t| {
-                    let o = batch_norm_act_train_prescaled(
-                        &t[0],
-                        &t[1],
-                        t.get(4),
-                        &t[2],
-                        &t[3],
-                        EPS,
-                        lo,
-                        hi,
-                    )?;
-                    Ok(o.y)
+                    Ok(apply(batch_norm_act_train_prescaled, t, act)?.y)
                 })?;
                 let slow = grads_of(&ins, seed + 5, |t| {
-                    let o = batch_norm_act_train_prescaled_slow(
-                        &t[0],
-                        &t[1],
-                        t.get(4),
-                        &t[2],
-                        &t[3],
-                        EPS,
-                        lo,
-                        hi,
-                    )?;
-                    Ok(o.y)
+                    Ok(apply(batch_norm_act_train_prescaled_slow, t, act)?.y)
                 })?;
                 let unfused = grads_of(&ins, seed + 5, |t| {
                     let o = batch_norm_train_prescaled(&t[0], &t[1], t.get(4), &t[2], &t[3], EPS)?;
@@ -103,26 +101,8 @@ fn ops_prescaled_bn_act_matches_candle_and_unfused_ops() -> Result<()> {
                     // The activation's mask then the unfused kernels: bit-identical too.
                     assert_close(a, u, 0.0, &format!("{what}: gradient {i} vs unfused"));
                 }
-                let s = batch_norm_act_train_prescaled_slow(
-                    &ins[0],
-                    &ins[1],
-                    ins.get(4),
-                    &ins[2],
-                    &ins[3],
-                    EPS,
-                    lo,
-                    hi,
-                )?;
-                let f = batch_norm_act_train_prescaled(
-                    &ins[0],
-                    &ins[1],
-                    ins.get(4),
-                    &ins[2],
-                    &ins[3],
-                    EPS,
-                    lo,
-                    hi,
-                )?;
+                let s = apply(batch_norm_act_train_prescaled_slow, &ins, act)?;
+                let f = apply(batch_norm_act_train_prescaled, &ins, act)?;
                 assert_stats_close(&f, &s, 1e-4, &what);
             }
         }
@@ -136,17 +116,7 @@ fn ops_prescaled_bn_act_gradients_match_finite_differences() -> Result<()> {
     for (ai, &(lo, hi)) in ACTS.iter().enumerate() {
         let ins = inputs(20 + 5 * ai as u64, (n, c, h, w))?;
         let (y, grads) = grads_of(&ins, 6, |t| {
-            let o = batch_norm_act_train_prescaled(
-                &t[0],
-                &t[1],
-                Some(&t[4]),
-                &t[2],
-                &t[3],
-                EPS,
-                lo,
-                hi,
-            )?;
-            Ok(o.y)
+            Ok(apply(batch_norm_act_train_prescaled, t, (lo, hi))?.y)
         })?;
         let (lo, hi) = (lo as f64, hi as f64);
         check_fd(&ins, &grads, y.elem_count(), 6, 1e-4, |xs| {
@@ -174,7 +144,7 @@ fn ops_prescaled_bn_act_gradients_match_finite_differences() -> Result<()> {
 fn ops_prescaled_bn_act_bad_inputs_are_errors() -> Result<()> {
     let ins = inputs(1, (2, 3, 4, 4))?;
     let (x, s, g, b) = (&ins[0], &ins[1], &ins[2], &ins[3]);
-    let err = |r: Result<qat_graph::ops::BatchNormTrainOutput>, needle: &str| {
+    let err = |r: Result<BatchNormTrainOutput>, needle: &str| {
         let e = r.expect_err("expected an error").to_string();
         assert!(e.contains(needle), "error {e:?} lacks {needle:?}");
     };

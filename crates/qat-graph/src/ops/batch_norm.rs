@@ -6,12 +6,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{bail, Device, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::common::{
-    dims4, f32_contiguous, lock_state, simd_dispatch, slice_f32, sum, PAR_MIN_ELEMS,
-};
+use super::common::{dims4, f32_contiguous, lock_state, simd_dispatch, sum, PAR_MIN_ELEMS};
+use super::op3::{flat, packed_grads, Op3, SliceOp3};
 
 /// What [`batch_norm_train`] returns.
 #[derive(Debug, Clone)]
@@ -381,52 +380,39 @@ struct BnForward {
     stats: Arc<Mutex<Stats>>,
 }
 
-impl CustomOp3 for BnForward {
-    fn name(&self) -> &'static str {
-        "batch_norm_train"
-    }
+impl SliceOp3 for BnForward {
+    const NAME: &'static str = "batch_norm_train";
+    const OPERANDS: [&'static str; 3] = ["input", "weight", "bias"];
 
-    fn cpu_fwd(
+    fn run(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let gamma = slice_f32(s2, l2, self.name(), "weight")?;
-        let beta = slice_f32(s3, l3, self.name(), "bias")?;
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        shape: &Shape,
+    ) -> Result<(Vec<f32>, Shape)> {
         let (y, stats) = forward_core(x, gamma, beta, self.d, self.eps, self.act);
-        *lock_state(&self.stats, self.name())? = stats;
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        *lock_state(&self.stats, Self::NAME)? = stats;
+        Ok((y, shape.clone()))
     }
 
-    fn bwd(
+    fn grads(
         &self,
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let packed = x.apply_op3_no_bwd(
-            &grad,
-            gamma,
-            &BnBackward {
-                d: self.d,
-                act: self.act,
-                stats: self.stats.clone(),
-            },
-        )?;
-        let len = x.elem_count();
-        let c = self.d.c;
-        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-        let dgamma = packed.narrow(0, len, c)?;
-        let dbeta = packed.narrow(0, len + c, c)?;
-        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    ) -> Result<[Option<Tensor>; 3]> {
+        let backward = BnBackward {
+            d: self.d,
+            act: self.act,
+            stats: self.stats.clone(),
+        };
+        let c = Shape::from(self.d.c);
+        let shapes = [x.shape().clone(), c.clone(), c];
+        let [dx, dgamma, dbeta] = packed_grads((x, grad, gamma), backward, shapes)?;
+        Ok([Some(dx), Some(dgamma), Some(dbeta)])
     }
 }
 
@@ -437,36 +423,24 @@ struct BnBackward {
     stats: Arc<Mutex<Stats>>,
 }
 
-impl CustomOp3 for BnBackward {
-    fn name(&self) -> &'static str {
-        "batch_norm_train_backward"
-    }
+impl SliceOp3 for BnBackward {
+    const NAME: &'static str = "batch_norm_train_backward";
+    const OPERANDS: [&'static str; 3] = ["input", "output gradient", "weight"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
-        let gamma = slice_f32(s3, l3, self.name(), "weight")?;
-        let st = lock_state(&self.stats, self.name())?;
+    fn run(&self, x: &[f32], dy: &[f32], gamma: &[f32], _: &Shape) -> Result<(Vec<f32>, Shape)> {
+        let st = lock_state(&self.stats, Self::NAME)?;
         let d = self.d;
         if st.mean.len() != d.c || dy.len() != x.len() {
             bail!(
                 "{}: statistics or gradient do not match the input",
-                self.name()
+                Self::NAME
             )
         }
         let mut out = vec![0f32; x.len() + 2 * d.c];
         let (dx, tail) = out.split_at_mut(x.len());
         let (dgamma, dbeta) = tail.split_at_mut(d.c);
         backward_core(x, dy, gamma, &st, d, self.act, dx, dgamma, dbeta);
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * d.c)))
+        Ok(flat(out))
     }
 }
 
@@ -573,12 +547,12 @@ fn bn_train(
     let y = x.apply_op3(
         &weight,
         &bias,
-        BnForward {
+        Op3(BnForward {
             d,
             eps,
             act,
             stats: stats.clone(),
-        },
+        }),
     )?;
     let st = lock_state(&stats, op_name)?;
     BatchNormTrainOutput::from_stats(y, &st.mean, &st.var, d)

@@ -7,10 +7,11 @@
 //! (a third of a QAT step). Here the forward is one pass and the backward one pass for `dx`
 //! plus two vectorized per-plane sums (`Σ dy`, `Σ dy·x`) for the parameter gradients.
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::common::{dims4, f32_contiguous, simd_dispatch, slice_f32, PAR_MIN_ELEMS};
+use super::common::{dims4, f32_contiguous, simd_dispatch, PAR_MIN_ELEMS};
+use super::op3::{flat, packed_grads, Op3, SliceOp3};
 
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -115,23 +116,11 @@ struct ChannelAffine {
     divide: bool,
 }
 
-impl CustomOp3 for ChannelAffine {
-    fn name(&self) -> &'static str {
-        "channel_affine_nchw"
-    }
+impl SliceOp3 for ChannelAffine {
+    const NAME: &'static str = "channel_affine_nchw";
+    const OPERANDS: [&'static str; 3] = ["input", "scale", "shift"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let s = slice_f32(s2, l2, self.name(), "scale")?;
-        let b = slice_f32(s3, l3, self.name(), "shift")?;
+    fn run(&self, x: &[f32], s: &[f32], b: &[f32], shape: &Shape) -> Result<(Vec<f32>, Shape)> {
         let d = self.d;
         let mut y = vec![0f32; x.len()];
         per_plane(&mut y, d.plane, |i, o| {
@@ -144,31 +133,25 @@ impl CustomOp3 for ChannelAffine {
                 self.divide,
             );
         });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, shape.clone()))
     }
 
-    fn bwd(
+    fn grads(
         &self,
         x: &Tensor,
         s: &Tensor,
         _b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let packed = x.apply_op3_no_bwd(
-            &grad,
-            s,
-            &ChannelAffineBackward {
-                d: self.d,
-                divide: self.divide,
-            },
-        )?;
-        let (len, c) = (x.elem_count(), self.d.c);
-        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-        let ds = packed.narrow(0, len, c)?;
-        let db = packed.narrow(0, len + c, c)?;
-        Ok((Some(dx), Some(ds), Some(db)))
+    ) -> Result<[Option<Tensor>; 3]> {
+        let backward = ChannelAffineBackward {
+            d: self.d,
+            divide: self.divide,
+        };
+        let c = Shape::from(self.d.c);
+        let shapes = [x.shape().clone(), c.clone(), c];
+        let [dx, ds, db] = packed_grads((x, grad, s), backward, shapes)?;
+        Ok([Some(dx), Some(ds), Some(db)])
     }
 }
 
@@ -178,29 +161,14 @@ struct ChannelAffineBackward {
     divide: bool,
 }
 
-impl CustomOp3 for ChannelAffineBackward {
-    fn name(&self) -> &'static str {
-        "channel_affine_nchw_backward"
-    }
+impl SliceOp3 for ChannelAffineBackward {
+    const NAME: &'static str = "channel_affine_nchw_backward";
+    const OPERANDS: [&'static str; 3] = ["input", "output gradient", "scale"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
-        let s = slice_f32(s3, l3, self.name(), "scale")?;
+    fn run(&self, x: &[f32], dy: &[f32], s: &[f32], _: &Shape) -> Result<(Vec<f32>, Shape)> {
         let d = self.d;
         if dy.len() != x.len() || s.len() != d.c {
-            bail!(
-                "{}: gradient or scale does not match the input",
-                self.name()
-            )
+            bail!("{}: gradient or scale does not match the input", Self::NAME)
         }
         let plane = |i: usize| i * d.plane..(i + 1) * d.plane;
         let mut out = vec![0f32; x.len() + 2 * d.c];
@@ -237,7 +205,7 @@ impl CustomOp3 for ChannelAffineBackward {
             };
             tail[d.c + c] = sg as f32;
         }
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * d.c)))
+        Ok(flat(out))
     }
 }
 
@@ -268,7 +236,7 @@ fn apply(
         Some(b) => f32_contiguous(b, op, "shift")?,
         None => Tensor::zeros(d.c, x.dtype(), x.device())?,
     };
-    x.apply_op3(&s, &b, ChannelAffine { d, divide })
+    x.apply_op3(&s, &b, Op3(ChannelAffine { d, divide }))
 }
 
 /// `y[n, c, h, w] = x[n, c, h, w] · scale[c] + shift[c]` on NCHW f32 tensors (shift optional),

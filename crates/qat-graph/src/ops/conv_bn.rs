@@ -13,13 +13,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, Result, Shape, Tensor};
 
 use super::batch_norm::{
     backward_core, check_dims, forward_core, Act, BatchNormTrainOutput, Dims, Stats,
 };
-use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch, slice_f32};
+use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch};
 use super::depthwise::Geom as DwGeom;
+use super::op3::{flat, packed_grads, Op3, SliceOp3};
 use super::pointwise::matmul;
 
 /// What the forward keeps for the backward.
@@ -139,61 +140,46 @@ struct ConvBnForward {
     saved: Arc<Mutex<Saved>>,
 }
 
-impl CustomOp3 for ConvBnForward {
-    fn name(&self) -> &'static str {
-        "conv1x1_bn_train"
-    }
+impl SliceOp3 for ConvBnForward {
+    const NAME: &'static str = "conv1x1_bn_train";
+    const OPERANDS: [&'static str; 3] = ["input", "weight", "BatchNorm weight and bias"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let w = slice_f32(s2, l2, self.name(), "weight")?;
-        let gb = slice_f32(s3, l3, self.name(), "BatchNorm weight and bias")?;
+    fn run(&self, x: &[f32], w: &[f32], gb: &[f32], _: &Shape) -> Result<(Vec<f32>, Shape)> {
         let d = self.conv.bn();
         if x.len() != self.conv.x_len() || w.len() != self.conv.w_len() || gb.len() != 2 * d.c {
-            bail!("{}: operand sizes do not match", self.name())
+            bail!("{}: operand sizes do not match", Self::NAME)
         }
         let z = self.conv.forward(x, w)?;
         let (gamma, beta) = gb.split_at(d.c);
         let (y, stats) = forward_core(&z, gamma, beta, d, self.eps, self.act);
-        *lock_state(&self.saved, self.name())? = Saved {
+        *lock_state(&self.saved, Self::NAME)? = Saved {
             z,
             stats,
             gamma: gamma.to_vec(),
         };
-        Ok((CpuStorage::F32(y), Shape::from(self.out)))
+        Ok((y, Shape::from(self.out)))
     }
 
-    fn bwd(
+    fn grads(
         &self,
         x: &Tensor,
         w: &Tensor,
         _gb: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let packed = x.apply_op3_no_bwd(
-            w,
-            &grad,
-            &ConvBnBackward {
-                conv: self.conv.clone(),
-                act: self.act,
-                saved: self.saved.clone(),
-            },
-        )?;
-        let (nx, nw, o) = (self.conv.x_len(), self.conv.w_len(), self.conv.bn().c);
-        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
-        let dgb = packed.narrow(0, nx + nw, 2 * o)?;
-        Ok((Some(dx), Some(dw), Some(dgb)))
+    ) -> Result<[Option<Tensor>; 3]> {
+        let backward = ConvBnBackward {
+            conv: self.conv.clone(),
+            act: self.act,
+            saved: self.saved.clone(),
+        };
+        let shapes = [
+            x.shape().clone(),
+            w.shape().clone(),
+            (2 * self.conv.bn().c).into(),
+        ];
+        let [dx, dw, dgb] = packed_grads((x, w, grad), backward, shapes)?;
+        Ok([Some(dx), Some(dw), Some(dgb)])
     }
 }
 
@@ -204,30 +190,18 @@ struct ConvBnBackward {
     saved: Arc<Mutex<Saved>>,
 }
 
-impl CustomOp3 for ConvBnBackward {
-    fn name(&self) -> &'static str {
-        "conv1x1_bn_train_backward"
-    }
+impl SliceOp3 for ConvBnBackward {
+    const NAME: &'static str = "conv1x1_bn_train_backward";
+    const OPERANDS: [&'static str; 3] = ["input", "weight", "output gradient"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let w = slice_f32(s2, l2, self.name(), "weight")?;
-        let dy = slice_f32(s3, l3, self.name(), "output gradient")?;
+    fn run(&self, x: &[f32], w: &[f32], dy: &[f32], _: &Shape) -> Result<(Vec<f32>, Shape)> {
         let d = self.conv.bn();
         let (nx, nw, nz) = (self.conv.x_len(), self.conv.w_len(), d.n * d.c * d.plane);
-        let saved = lock_state(&self.saved, self.name())?;
+        let saved = lock_state(&self.saved, Self::NAME)?;
         if x.len() != nx || w.len() != nw || saved.z.len() != nz || dy.len() != nz {
             bail!(
                 "{}: saved state or gradient do not match the input",
-                self.name()
+                Self::NAME
             )
         }
         // `backward_core` writes every element of `dz`.
@@ -249,8 +223,7 @@ impl CustomOp3 for ConvBnBackward {
         );
         self.conv.backward(x, w, &dz, dx, dw)?;
         recycle(dz);
-        let len = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(len)))
+        Ok(flat(out))
     }
 }
 
@@ -305,13 +278,13 @@ fn conv_bn_train(
     let y = x.apply_op3(
         &w,
         &gb,
-        ConvBnForward {
+        Op3(ConvBnForward {
             conv,
             out,
             eps,
             act,
             saved: saved.clone(),
-        },
+        }),
     )?;
     let st = lock_state(&saved, op)?;
     BatchNormTrainOutput::from_stats(y, &st.stats.mean, &st.stats.var, d)

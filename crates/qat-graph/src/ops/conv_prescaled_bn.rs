@@ -11,12 +11,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, Result, Shape, Tensor};
 
 use super::batch_norm::{check_dims, Act, BatchNormTrainOutput};
-use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch, slice_f32};
+use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch};
 use super::conv_bn::{pointwise, Conv};
 use super::depthwise::Geom as DwGeom;
+use super::op3::{flat, packed_grads, Op3, SliceOp3};
 use super::prescaled_bn::{backward_core, forward_core, Stats};
 
 /// What the forward keeps for the backward.
@@ -45,61 +46,46 @@ struct Forward {
     saved: Arc<Mutex<Saved>>,
 }
 
-impl CustomOp3 for Forward {
-    fn name(&self) -> &'static str {
-        "conv_bn_act_train_prescaled"
-    }
+impl SliceOp3 for Forward {
+    const NAME: &'static str = "conv_bn_act_train_prescaled";
+    const OPERANDS: [&'static str; 3] = ["input", "weight", "BatchNorm parameters"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let w = slice_f32(s2, l2, self.name(), "weight")?;
-        let p = slice_f32(s3, l3, self.name(), "BatchNorm parameters")?;
+    fn run(&self, x: &[f32], w: &[f32], p: &[f32], _: &Shape) -> Result<(Vec<f32>, Shape)> {
         let d = self.conv.bn();
         if x.len() != self.conv.x_len() || w.len() != self.conv.w_len() || p.len() != 4 * d.c {
-            bail!("{}: operand sizes do not match", self.name())
+            bail!("{}: operand sizes do not match", Self::NAME)
         }
         let u = self.conv.forward(x, w)?;
         let (gs, bb) = p.split_at(2 * d.c);
         let (y, stats) = forward_core(&u, gs, bb, d, self.eps, self.act);
-        *lock_state(&self.saved, self.name())? = Saved {
+        *lock_state(&self.saved, Self::NAME)? = Saved {
             u,
             stats,
             params: p.to_vec(),
         };
-        Ok((CpuStorage::F32(y), Shape::from(self.out)))
+        Ok((y, Shape::from(self.out)))
     }
 
-    fn bwd(
+    fn grads(
         &self,
         x: &Tensor,
         w: &Tensor,
         _p: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let packed = x.apply_op3_no_bwd(
-            w,
-            &grad,
-            &Backward {
-                conv: self.conv.clone(),
-                act: self.act.map(|a| a.0),
-                saved: self.saved.clone(),
-            },
-        )?;
-        let (nx, nw, o) = (self.conv.x_len(), self.conv.w_len(), self.conv.bn().c);
-        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
-        let dp = packed.narrow(0, nx + nw, 4 * o)?;
-        Ok((Some(dx), Some(dw), Some(dp)))
+    ) -> Result<[Option<Tensor>; 3]> {
+        let backward = Backward {
+            conv: self.conv.clone(),
+            act: self.act.map(|a| a.0),
+            saved: self.saved.clone(),
+        };
+        let shapes = [
+            x.shape().clone(),
+            w.shape().clone(),
+            (4 * self.conv.bn().c).into(),
+        ];
+        let [dx, dw, dp] = packed_grads((x, w, grad), backward, shapes)?;
+        Ok([Some(dx), Some(dw), Some(dp)])
     }
 }
 
@@ -110,26 +96,14 @@ struct Backward {
     saved: Arc<Mutex<Saved>>,
 }
 
-impl CustomOp3 for Backward {
-    fn name(&self) -> &'static str {
-        "conv_bn_act_train_prescaled_backward"
-    }
+impl SliceOp3 for Backward {
+    const NAME: &'static str = "conv_bn_act_train_prescaled_backward";
+    const OPERANDS: [&'static str; 3] = ["input", "weight", "output gradient"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let w = slice_f32(s2, l2, self.name(), "weight")?;
-        let dy = slice_f32(s3, l3, self.name(), "output gradient")?;
+    fn run(&self, x: &[f32], w: &[f32], dy: &[f32], _: &Shape) -> Result<(Vec<f32>, Shape)> {
         let d = self.conv.bn();
         let (nx, nw, nu) = (self.conv.x_len(), self.conv.w_len(), d.n * d.c * d.plane);
-        let saved = lock_state(&self.saved, self.name())?;
+        let saved = lock_state(&self.saved, Self::NAME)?;
         if x.len() != nx
             || w.len() != nw
             || saved.u.len() != nu
@@ -139,7 +113,7 @@ impl CustomOp3 for Backward {
         {
             bail!(
                 "{}: saved state or gradient do not match the input",
-                self.name()
+                Self::NAME
             )
         }
         // `backward_core` writes every element of `du`.
@@ -159,8 +133,7 @@ impl CustomOp3 for Backward {
         );
         self.conv.backward(x, w, &du, dx, dw)?;
         recycle(du);
-        let len = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(len)))
+        Ok(flat(out))
     }
 }
 
@@ -215,13 +188,13 @@ fn run(
     let y = x.apply_op3(
         &w,
         &p,
-        Forward {
+        Op3(Forward {
             conv,
             out,
             eps,
             act,
             saved: saved.clone(),
-        },
+        }),
     )?;
     let st = lock_state(&saved, op)?;
     BatchNormTrainOutput::from_stats(y, &st.stats.mean, &st.stats.var, d)

@@ -11,10 +11,11 @@
 //! image by image in f64) are those of the three ops, so values and gradients equal theirs bit
 //! for bit.
 
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::common::{dims4, f32_contiguous, madd, simd_dispatch, slice_f32, PAR_MIN_ELEMS};
+use super::op3::{flat, packed_grads, SliceOp3};
 
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -197,18 +198,12 @@ impl CustomOp2 for Forward {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let packed = x.apply_op3_no_bwd(
-            &grad,
-            p,
-            &Backward {
-                d: self.d,
-                act: self.act,
-            },
-        )?;
-        let len = x.elem_count();
-        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-        let dp = packed.narrow(0, len, 4 * self.d.c)?;
+        let backward = Backward {
+            d: self.d,
+            act: self.act,
+        };
+        let shapes = [x.shape().clone(), (4 * self.d.c).into()];
+        let [dx, dp] = packed_grads((x, grad, p), backward, shapes)?;
         Ok((Some(dx), Some(dp)))
     }
 }
@@ -219,28 +214,16 @@ struct Backward {
     act: Option<Act>,
 }
 
-impl CustomOp3 for Backward {
-    fn name(&self) -> &'static str {
-        "channel_div_affine_act_nchw_backward"
-    }
+impl SliceOp3 for Backward {
+    const NAME: &'static str = "channel_div_affine_act_nchw_backward";
+    const OPERANDS: [&'static str; 3] = ["input", "output gradient", "coefficients"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
-        let p = slice_f32(s3, l3, self.name(), "coefficients")?;
+    fn run(&self, x: &[f32], dy: &[f32], p: &[f32], _: &Shape) -> Result<(Vec<f32>, Shape)> {
         let d = self.d;
         if dy.len() != x.len() || x.len() != d.n * d.c * d.plane || p.len() != 4 * d.c {
             bail!(
                 "{}: gradient or coefficients do not match the input",
-                self.name()
+                Self::NAME
             )
         }
         let plane = |i: usize| i * d.plane..(i + 1) * d.plane;
@@ -281,7 +264,7 @@ impl CustomOp3 for Backward {
             tail[2 * d.c + c] = sgz as f32;
             tail[3 * d.c + c] = sg as f32;
         }
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 4 * d.c)))
+        Ok(flat(out))
     }
 }
 

@@ -11,6 +11,7 @@
 //! runtime; big tensors are split over rayon's pool by (image, channel) plane.
 
 mod common;
+mod op3;
 
 mod activation;
 mod batch_norm;

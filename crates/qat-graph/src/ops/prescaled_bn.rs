@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::batch_norm::{
@@ -18,9 +18,8 @@ use super::batch_norm::{
     Dims,
 };
 use super::channel::{bwd_plane, fwd_plane};
-use super::common::{
-    f32_contiguous, lock_state, madd, simd_dispatch, slice_f32, sum, PAR_MIN_ELEMS,
-};
+use super::common::{f32_contiguous, lock_state, madd, simd_dispatch, sum, PAR_MIN_ELEMS};
+use super::op3::{flat, packed_grads, Op3, SliceOp3};
 
 /// Per-channel statistics of `z`, saved by the forward for the backward.
 #[derive(Debug, Default)]
@@ -156,53 +155,35 @@ struct Forward {
     stats: Arc<Mutex<Stats>>,
 }
 
-impl CustomOp3 for Forward {
-    fn name(&self) -> &'static str {
-        "batch_norm_train_prescaled"
-    }
+impl SliceOp3 for Forward {
+    const NAME: &'static str = "batch_norm_train_prescaled";
+    const OPERANDS: [&'static str; 3] = ["input", "weight and divisor", "bias and shift"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let gs = slice_f32(s2, l2, self.name(), "weight and divisor")?;
-        let bb = slice_f32(s3, l3, self.name(), "bias and shift")?;
+    fn run(&self, x: &[f32], gs: &[f32], bb: &[f32], shape: &Shape) -> Result<(Vec<f32>, Shape)> {
         let (y, stats) = forward_core(x, gs, bb, self.d, self.eps, self.act);
-        *lock_state(&self.stats, self.name())? = stats;
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        *lock_state(&self.stats, Self::NAME)? = stats;
+        Ok((y, shape.clone()))
     }
 
-    fn bwd(
+    fn grads(
         &self,
         x: &Tensor,
         gs: &Tensor,
         bb: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+    ) -> Result<[Option<Tensor>; 3]> {
         // The backward needs γ, s and b: pass [γ | s | β | b] as one tensor.
         let params = Tensor::cat(&[gs, bb], 0)?;
-        let packed = x.apply_op3_no_bwd(
-            &grad,
-            &params,
-            &Backward {
-                d: self.d,
-                act: self.act.map(|a| a.0),
-                stats: self.stats.clone(),
-            },
-        )?;
-        let (len, c) = (x.elem_count(), self.d.c);
-        let dx = packed.narrow(0, 0, len)?.reshape(x.shape())?;
-        let dgs = packed.narrow(0, len, 2 * c)?;
-        let dbb = packed.narrow(0, len + 2 * c, 2 * c)?;
-        Ok((Some(dx), Some(dgs), Some(dbb)))
+        let backward = Backward {
+            d: self.d,
+            act: self.act.map(|a| a.0),
+            stats: self.stats.clone(),
+        };
+        let c2 = Shape::from(2 * self.d.c);
+        let shapes = [x.shape().clone(), c2.clone(), c2];
+        let [dx, dgs, dbb] = packed_grads((x, grad, &params), backward, shapes)?;
+        Ok([Some(dx), Some(dgs), Some(dbb)])
     }
 }
 
@@ -213,35 +194,23 @@ struct Backward {
     stats: Arc<Mutex<Stats>>,
 }
 
-impl CustomOp3 for Backward {
-    fn name(&self) -> &'static str {
-        "batch_norm_train_prescaled_backward"
-    }
+impl SliceOp3 for Backward {
+    const NAME: &'static str = "batch_norm_train_prescaled_backward";
+    const OPERANDS: [&'static str; 3] = ["input", "output gradient", "parameters"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
-        let params = slice_f32(s3, l3, self.name(), "parameters")?;
-        let st = lock_state(&self.stats, self.name())?;
+    fn run(&self, x: &[f32], dy: &[f32], params: &[f32], _: &Shape) -> Result<(Vec<f32>, Shape)> {
+        let st = lock_state(&self.stats, Self::NAME)?;
         let d = self.d;
         if st.mean.len() != d.c || dy.len() != x.len() || params.len() != 4 * d.c {
             bail!(
                 "{}: statistics or gradient do not match the input",
-                self.name()
+                Self::NAME
             )
         }
         let mut out = vec![0f32; x.len() + 4 * d.c];
         let (dx, tail) = out.split_at_mut(x.len());
         backward_core(x, dy, params, &st, d, self.act, dx, tail);
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + 4 * d.c)))
+        Ok(flat(out))
     }
 }
 
@@ -398,12 +367,12 @@ fn prescaled(
     let y = x.apply_op3(
         &gs,
         &bb,
-        Forward {
+        Op3(Forward {
             d,
             eps,
             act,
             stats: stats.clone(),
-        },
+        }),
     )?;
     let st = lock_state(&stats, op)?;
     BatchNormTrainOutput::from_stats(y, &st.mean, &st.var, d)

@@ -25,6 +25,11 @@ const CASES: &[Case] = &[
     (1, 3, 40, 33, 3, 3, 0, 1),
     // Exactly 64 outputs per row span edge: 8×8 output, 1 image.
     (1, 1, 8, 8, 3, 1, 1, 1),
+    // Planes big enough for groups of 17 then 3 images (16 then 2 at stride 2): a task's
+    // scratch changes layout from group to group, channel after channel, so the zero padding
+    // its buffers keep between groups must be rewritten whenever the layout changes.
+    (20, 3, 60, 60, 3, 1, 1, 1),
+    (18, 3, 61, 61, 3, 2, 1, 1),
 ];
 
 #[test]

@@ -18,11 +18,12 @@
 
 use std::marker::PhantomData;
 
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias::bias_add_nchw;
 use super::common::{dot, f32_contiguous, madd, simd_dispatch, slice_f32, PAR_MIN_ELEMS};
+use super::op3::{flat, packed_grads, SliceOp3};
 
 /// Geometry of one depthwise conv call.
 #[derive(Clone, Debug)]
@@ -137,10 +138,11 @@ impl Geom {
         if g.out_plane() > 0 {
             let elems = out.len();
             let planes = Planes::new(out, g.c, g.out_plane());
-            for_each_channel_group(g, elems, |grp, scratch| {
+            for_each_channel_group(g, elems, false, |grp, scratch, pads| {
                 // SAFETY: each channel runs in one task, its groups one after another.
                 let mut o = unsafe { planes.channel(grp) };
-                fwd_group(g, grp, x, scratch, &wt[grp.c * k..(grp.c + 1) * k], &mut o);
+                let wk = &wt[grp.c * k..(grp.c + 1) * k];
+                fwd_group(g, grp, x, scratch, pads, wk, &mut o);
             });
         }
         Ok(())
@@ -173,7 +175,7 @@ impl Geom {
         }
         let planes = Planes::new(dx, g.c, g.in_plane());
         let dw_planes = Planes::new(dw, g.c, k);
-        for_each_channel_group(g, dy.len(), |grp, scratch| {
+        for_each_channel_group(g, dy.len(), true, |grp, scratch, pads| {
             // SAFETY: each channel runs in one task, its groups one after another; `dw`
             // viewed as N = 1 planes of `k` gives channel `c` its own kernel gradient.
             let mut dxs = unsafe { planes.channel(grp) };
@@ -190,6 +192,7 @@ impl Geom {
                 x,
                 dy,
                 scratch,
+                pads,
                 &wt[grp.c * k..(grp.c + 1) * k],
                 &mut dwc[0][..],
                 &mut dxs,
@@ -228,10 +231,11 @@ impl Geom {
         ((nb - 1) * self.hp + self.ho - 1) * self.wp + self.wo
     }
 
-    /// Scratch for a group: the phase buffer plus one `span`-long buffer.
-    fn scratch_len(&self) -> usize {
+    /// Scratch for a group: the phase buffer (the backward: a second one for the phase-plane
+    /// gradients, so the first keeps its zero padding) plus one `span`-long buffer.
+    fn scratch_len(&self, backward: bool) -> usize {
         let nb = self.group();
-        self.phases_len(nb) + self.span(nb)
+        (1 + backward as usize) * self.phases_len(nb) + self.span(nb)
     }
 
     /// Start of each tap's slice in the phase buffer of `nb` stacked images.
@@ -271,9 +275,10 @@ impl Geom {
     }
 
     /// Copies one input plane into its zero-padded phase planes: phase `ph` goes to
-    /// `dst[ph·pstride ..][.. Hp·Wp]`.
+    /// `dst[ph·pstride ..][.. Hp·Wp]`. The padding is written only with `pads` (else it
+    /// already holds zeros: the same layout as the last call, and nothing else writes there).
     #[inline(always)]
-    fn split_phases(&self, x: &[f32], dst: &mut [f32], pstride: usize) {
+    fn split_phases(&self, x: &[f32], dst: &mut [f32], pstride: usize, pads: bool) {
         let s = self.stride;
         for ph in 0..s * s {
             let plane = &mut dst[ph * pstride..ph * pstride + self.pp()];
@@ -281,19 +286,25 @@ impl Geom {
             let (j0, j1, ix0) = self.col_range(rx);
             for (i, row) in plane.chunks_exact_mut(self.wp).enumerate() {
                 let Some(iy) = self.src_row(i, ry) else {
-                    row.fill(0.0);
+                    if pads {
+                        row.fill(0.0);
+                    }
                     continue;
                 };
                 let xrow = &x[iy * self.w + ix0..(iy + 1) * self.w];
-                row[..j0].fill(0.0);
+                if pads {
+                    row[..j0].fill(0.0);
+                }
                 if s == 1 {
-                    row[j0..j1].copy_from_slice(&xrow[..j1 - j0]);
+                    copy_row(&mut row[j0..j1], &xrow[..j1 - j0]);
                 } else {
                     for (v, &xv) in row[j0..j1].iter_mut().zip(xrow.iter().step_by(s)) {
                         *v = xv;
                     }
                 }
-                row[j1..].fill(0.0);
+                if pads {
+                    row[j1..].fill(0.0);
+                }
             }
         }
     }
@@ -317,7 +328,7 @@ impl Geom {
                 };
                 let dxrow = &mut dx[iy * self.w + ix0..(iy + 1) * self.w];
                 if s == 1 {
-                    dxrow[..j1 - j0].copy_from_slice(&row[j0..j1]);
+                    copy_row(&mut dxrow[..j1 - j0], &row[j0..j1]);
                 } else {
                     for (d, &v) in dxrow.iter_mut().step_by(s).zip(&row[j0..j1]) {
                         *d = v;
@@ -341,20 +352,44 @@ impl Geom {
     }
 
     /// Lays one image's output-gradient plane out at `dst[Hp·Wp·k ..]` (its slot `k` in a
-    /// stack) with row stride `Wp`, zeros in the extra columns and the extra rows.
+    /// stack) with row stride `Wp`, zeros in the extra columns and the extra rows (written only
+    /// with `pads`, as in [`Geom::split_phases`]).
     #[inline(always)]
-    fn spread_rows(&self, dy: &[f32], dst: &mut [f32], k: usize) {
+    fn spread_rows(&self, dy: &[f32], dst: &mut [f32], k: usize, pads: bool) {
         let base = k * self.pp();
         for (oy, row) in dy.chunks_exact(self.wo).enumerate() {
             let start = base + oy * self.wp;
-            dst[start..start + self.wo].copy_from_slice(row);
-            let end = (start + self.wp).min(dst.len());
-            dst[start + self.wo..end].fill(0.0);
+            copy_row(&mut dst[start..start + self.wo], row);
+            if pads {
+                let end = (start + self.wp).min(dst.len());
+                dst[start + self.wo..end].fill(0.0);
+            }
         }
-        let gap = (base + self.ho * self.wp).min(dst.len());
-        let end = (base + self.pp()).min(dst.len());
-        dst[gap..end].fill(0.0);
+        if pads {
+            let gap = (base + self.ho * self.wp).min(dst.len());
+            let end = (base + self.pp()).min(dst.len());
+            dst[gap..end].fill(0.0);
+        }
     }
+}
+
+/// `dst.copy_from_slice(src)`, inlined as a few vector moves for rows of up to 32 floats (the
+/// row copies between planes and phase planes run once per row; as `memcpy` calls of 7–28
+/// floats they cost more in call overhead than in moves).
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match (dst.len(), src.len()) {
+                $(($n, $n) => {
+                    let d: &mut [f32; $n] = dst.try_into().expect("length matched");
+                    *d = src.try_into().expect("length matched");
+                })*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
 }
 
 /// The planes of one channel for images `n0..n0 + nb` (plane `n·C + c` of an NCHW buffer).
@@ -463,6 +498,7 @@ fn fwd_group_generic<const FMA: bool>(
     grp: Group,
     x: &[f32],
     scratch: &mut [f32],
+    pads: bool,
     wk: &[f32],
     out: &mut [&mut [f32]],
 ) {
@@ -474,6 +510,7 @@ fn fwd_group_generic<const FMA: bool>(
             grp.plane(g, x, k, g.in_plane()),
             &mut phases[k * g.pp()..],
             nb * g.pp(),
+            pads,
         );
     }
     let starts: Vec<usize> = g.tap_starts(nb).collect();
@@ -481,17 +518,17 @@ fn fwd_group_generic<const FMA: bool>(
     for (k, oplane) in out.iter_mut().enumerate() {
         for (oy, orow) in oplane.chunks_exact_mut(g.wo).enumerate() {
             let at = (k * g.hp + oy) * g.wp;
-            orow.copy_from_slice(&acc[at..at + g.wo]);
+            copy_row(orow, &acc[at..at + g.wo]);
         }
     }
 }
 
-simd_dispatch!(fn fwd_group = fwd_group_generic(g: &Geom, grp: Group, x: &[f32], scratch: &mut [f32], wk: &[f32], out: &mut [&mut [f32]]));
+simd_dispatch!(fn fwd_group = fwd_group_generic(g: &Geom, grp: Group, x: &[f32], scratch: &mut [f32], pads: bool, wk: &[f32], out: &mut [&mut [f32]]));
 
 /// Both gradients of a group: adds its contribution to the channel's kernel gradient `dw`
 /// (`kh * kw`) and writes its `nb` input-gradient planes (`dx[k]` for image `n0 + k`). The
-/// output gradient is laid out once for both, and the input's phase buffer is reused for the
-/// phase-plane gradients after the weight gradient has read it.
+/// output gradient is laid out once for both; the phase-plane gradients go to a second phase
+/// buffer, so the input's keeps its zero padding for the next group.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn backward_group_generic<const FMA: bool>(
@@ -500,32 +537,35 @@ fn backward_group_generic<const FMA: bool>(
     x: &[f32],
     dy: &[f32],
     scratch: &mut [f32],
+    pads: bool,
     wk: &[f32],
     dw: &mut [f32],
     dx: &mut [&mut [f32]],
 ) {
     let nb = grp.nb;
     let (phases, rest) = scratch.split_at_mut(g.phases_len(nb));
+    let (grads, rest) = rest.split_at_mut(g.phases_len(nb));
     let dyw = &mut rest[..g.span(nb)];
     for k in 0..nb {
         g.split_phases(
             grp.plane(g, x, k, g.in_plane()),
             &mut phases[k * g.pp()..],
             nb * g.pp(),
+            pads,
         );
-        g.spread_rows(grp.plane(g, dy, k, g.out_plane()), dyw, k);
+        g.spread_rows(grp.plane(g, dy, k, g.out_plane()), dyw, k, pads);
     }
     let starts: Vec<usize> = g.tap_starts(nb).collect();
     for (&start, d) in starts.iter().zip(dw.iter_mut()) {
         *d += dot::<FMA>(dyw, &phases[start..start + dyw.len()]);
     }
-    taps_scatter::<FMA>(phases, dyw, &starts, wk);
+    taps_scatter::<FMA>(grads, dyw, &starts, wk);
     for (k, dplane) in dx.iter_mut().enumerate() {
-        g.gather_phases(&phases[k * g.pp()..], nb * g.pp(), dplane);
+        g.gather_phases(&grads[k * g.pp()..], nb * g.pp(), dplane);
     }
 }
 
-simd_dispatch!(#[allow(clippy::too_many_arguments)] fn backward_group = backward_group_generic(g: &Geom, grp: Group, x: &[f32], dy: &[f32], scratch: &mut [f32], wk: &[f32], dw: &mut [f32], dx: &mut [&mut [f32]]));
+simd_dispatch!(#[allow(clippy::too_many_arguments)] fn backward_group = backward_group_generic(g: &Geom, grp: Group, x: &[f32], dy: &[f32], scratch: &mut [f32], pads: bool, wk: &[f32], dw: &mut [f32], dx: &mut [&mut [f32]]));
 
 /// Whether to split channels over rayon's pool.
 fn parallel(elems: usize) -> bool {
@@ -582,29 +622,42 @@ impl<'a> Planes<'a> {
     }
 }
 
-/// Runs `f(group, scratch, c)` for every channel `c` and its image groups, over rayon's pool
-/// when the tensor of `elems` elements is large enough. `f` may write the group's planes of
+/// A task's scratch buffer, and the group size whose layout's zero padding it holds.
+struct Scratch {
+    buf: Vec<f32>,
+    padded_for: Option<usize>,
+}
+
+/// Runs `f(group, scratch, pads)` for every channel and its image groups, over rayon's pool
+/// when the tensor of `elems` elements is large enough (scratch sized for the `backward` or the
+/// forward). `pads` says whether the group must write its buffers' zero padding: only when the
+/// task's last group had another size (the padding sits where the layout of `nb` images puts
+/// it, and the kernels never write there otherwise). `f` may write the group's planes of
 /// channel `c` (and only those) through a [`Planes`].
-fn for_each_channel_group(g: &Geom, elems: usize, f: impl Fn(Group, &mut [f32]) + Sync) {
+fn for_each_channel_group(
+    g: &Geom,
+    elems: usize,
+    backward: bool,
+    f: impl Fn(Group, &mut [f32], bool) + Sync,
+) {
     let gsz = g.group();
-    let channel = |c: usize, scratch: &mut Vec<f32>| {
+    let channel = |c: usize, s: &mut Scratch| {
         for n0 in (0..g.n).step_by(gsz) {
-            f(
-                Group {
-                    c,
-                    n0,
-                    nb: gsz.min(g.n - n0),
-                },
-                scratch,
-            );
+            let nb = gsz.min(g.n - n0);
+            f(Group { c, n0, nb }, &mut s.buf, s.padded_for != Some(nb));
+            s.padded_for = Some(nb);
         }
+    };
+    let fresh = || Scratch {
+        buf: vec![0f32; g.scratch_len(backward)],
+        padded_for: None,
     };
     if parallel(elems) {
         (0..g.c)
             .into_par_iter()
-            .for_each_init(|| vec![0f32; g.scratch_len()], |s, c| channel(c, s));
+            .for_each_init(fresh, |s, c| channel(c, s));
     } else {
-        let mut scratch = vec![0f32; g.scratch_len()];
+        let mut scratch = fresh();
         for c in 0..g.c {
             channel(c, &mut scratch);
         }
@@ -642,13 +695,8 @@ impl CustomOp2 for DwForward {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = &self.0;
-        let grad = grad.contiguous()?;
-        let both = x.apply_op3_no_bwd(w, &grad, &DwBackward(g.clone()))?;
-        let nx = g.n * g.c * g.in_plane();
-        let dx = both.narrow(0, 0, nx)?.reshape((g.n, g.c, g.h, g.w))?;
-        let dw = both
-            .narrow(0, nx, g.c * g.kh * g.kw)?
-            .reshape((g.c, 1, g.kh, g.kw))?;
+        let shapes = [(g.n, g.c, g.h, g.w).into(), (g.c, 1, g.kh, g.kw).into()];
+        let [dx, dw] = packed_grads((x, w, grad), DwBackward(g.clone()), shapes)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -657,29 +705,17 @@ impl CustomOp2 for DwForward {
 /// concatenation of `dx [N,C,H,W]` and `dw [C,1,KH,KW]` (split by views in `bwd`).
 struct DwBackward(Geom);
 
-impl CustomOp3 for DwBackward {
-    fn name(&self) -> &'static str {
-        "depthwise_conv2d_backward"
-    }
+impl SliceOp3 for DwBackward {
+    const NAME: &'static str = "depthwise_conv2d_backward";
+    const OPERANDS: [&'static str; 3] = ["input", "weight", "output gradient"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, x: &[f32], wt: &[f32], dy: &[f32], _: &Shape) -> Result<(Vec<f32>, Shape)> {
         let g = &self.0;
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let wt = slice_f32(s2, l2, self.name(), "weight")?;
-        let dy = slice_f32(s3, l3, self.name(), "output gradient")?;
         let (nx, nw) = (g.in_len(), g.c * g.kh * g.kw);
         let mut out = vec![0f32; nx + nw];
         let (dx, dw) = out.split_at_mut(nx);
         g.backward_into(x, wt, dy, dx, dw)?;
-        Ok((CpuStorage::F32(out), Shape::from(nx + nw)))
+        Ok(flat(out))
     }
 }
 

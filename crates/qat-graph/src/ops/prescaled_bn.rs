@@ -14,10 +14,9 @@ use candle_core::{bail, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::batch_norm::{
-    affine, affine_clamp, check, dx_act, dx_kernel, grad_sums, sq_dev, Act, BatchNormTrainOutput,
-    Dims,
+    affine, affine_clamp, check, grad_sums, sq_dev, Act, BatchNormTrainOutput, Dims,
 };
-use super::channel::{bwd_plane, fwd_plane};
+use super::channel::fwd_plane;
 use super::common::{f32_contiguous, lock_state, madd, simd_dispatch, sum, PAR_MIN_ELEMS};
 use super::op3::{flat, packed_grads, Op3, SliceOp3};
 
@@ -35,14 +34,16 @@ fn z_plane(z: &mut [f32], x: &[f32], d: Dims, i: usize, s: &[f32], b: &[f32]) {
     fwd_plane(z, &x[i * d.plane..(i + 1) * d.plane], s[c], b[c], true);
 }
 
-/// Runs `f(c, planes) -> T` for every channel, where `planes` are the channel's `N` planes of
-/// the NCHW buffer `out` (image order, written in place: no channel buffer copied back), and
-/// returns the results in channel order. Channels run on rayon's pool when big and more than
-/// one thread is there.
+/// Runs `f(c, planes, work) -> T` for every channel, where `planes` are the channel's `N`
+/// planes of the NCHW buffer `out` (image order, written in place: no channel buffer copied
+/// back), and returns the results in channel order. `work` is `N·H·W` floats of
+/// unspecified contents, one buffer per task reused channel after channel (a fresh zeroed
+/// channel-sized buffer per channel cost an allocation and a memset of the whole tensor per
+/// pass). Channels run on rayon's pool when big and more than one thread is there.
 fn per_channel_out<T: Send>(
     d: Dims,
     out: &mut [f32],
-    f: impl Fn(usize, &mut [&mut [f32]]) -> T + Sync,
+    f: impl Fn(usize, &mut [&mut [f32]], &mut [f32]) -> T + Sync,
 ) -> Vec<T> {
     let parallel = out.len() >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1;
     let mut chans: Vec<Vec<&mut [f32]>> = (0..d.c).map(|_| Vec::with_capacity(d.n)).collect();
@@ -51,11 +52,22 @@ fn per_channel_out<T: Send>(
             chans[i % d.c].push(p);
         }
     }
-    let run = |(c, mut planes): (usize, Vec<&mut [f32]>)| f(c, &mut planes);
+    let work_len = d.n * d.plane;
+    let run =
+        |work: &mut Vec<f32>, (c, mut planes): (usize, Vec<&mut [f32]>)| f(c, &mut planes, work);
     if parallel {
-        chans.into_par_iter().enumerate().map(run).collect()
+        chans
+            .into_par_iter()
+            .enumerate()
+            .map_init(|| vec![0f32; work_len], run)
+            .collect()
     } else {
-        chans.into_iter().enumerate().map(run).collect()
+        let mut work = vec![0f32; work_len];
+        chans
+            .into_iter()
+            .enumerate()
+            .map(|ch| run(&mut work, ch))
+            .collect()
     }
 }
 
@@ -100,6 +112,77 @@ fn grad_sums_mask_generic<const FMA: bool>(
 
 simd_dispatch!(fn grad_sums_mask = grad_sums_mask_generic(dy: &[f32], z: &[f32], mean: f32, ab: (f32, f32), act: Act, out: &mut (f64, f64)));
 
+/// The BatchNorm input gradient `dz = k·dy + m·z + q` (`dy` masked by the activation's
+/// gradient when there is one, as `batch_norm::dx_act` masks it) un-scaled, `dx = dz / s`,
+/// returning `(Σ dz, Σ dz·x)`: `batch_norm::dx_kernel` / `dx_act` then the channel op's
+/// backward (`channel::bwd_plane`) in one pass, without the `dz` plane between them. The same
+/// per-element arithmetic and the same 16 lanes and tail for the sums: the same rounding.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dz_div_generic<const FMA: bool>(
+    o: &mut [f32],
+    dy: &[f32],
+    z: &[f32],
+    x: &[f32],
+    (k, m, q): (f32, f32, f32),
+    (a, b): (f32, f32),
+    act: Option<Act>,
+    s: f32,
+    out: &mut (f64, f64),
+) {
+    let bn = move |g: f32, zv: f32| madd::<FMA>(k, g, madd::<FMA>(m, zv, q));
+    *out = match act {
+        None => dz_div_sums::<FMA>(o, dy, z, x, s, bn),
+        Some(act) => dz_div_sums::<FMA>(o, dy, z, x, s, move |g, zv| {
+            let pass = act.passes(madd::<FMA>(a, zv, b));
+            bn(if pass { g } else { 0.0 }, zv)
+        }),
+    };
+}
+
+simd_dispatch!(#[allow(clippy::too_many_arguments)] fn dz_div = dz_div_generic(o: &mut [f32], dy: &[f32], z: &[f32], x: &[f32], kmq: (f32, f32, f32), ab: (f32, f32), act: Option<Act>, s: f32, out: &mut (f64, f64)));
+
+/// The body of [`dz_div_generic`] for one `dz(dy, z)`.
+#[inline(always)]
+fn dz_div_sums<const FMA: bool>(
+    o: &mut [f32],
+    dy: &[f32],
+    z: &[f32],
+    x: &[f32],
+    s: f32,
+    dz: impl Fn(f32, f32) -> f32,
+) -> (f64, f64) {
+    let (mut sg, mut sgx) = ([0f32; 16], [0f32; 16]);
+    let mut co = o.chunks_exact_mut(16);
+    let mut cd = dy.chunks_exact(16);
+    let mut cz = z.chunks_exact(16);
+    let mut cx = x.chunks_exact(16);
+    for (((o, d), zc), v) in (&mut co).zip(&mut cd).zip(&mut cz).zip(&mut cx) {
+        for i in 0..16 {
+            let g = dz(d[i], zc[i]);
+            o[i] = g / s;
+            sg[i] += g;
+            sgx[i] = madd::<FMA>(g, v[i], sgx[i]);
+        }
+    }
+    let (mut tg, mut tgx) = (0f32, 0f32);
+    let tails = cd
+        .remainder()
+        .iter()
+        .zip(cz.remainder())
+        .zip(cx.remainder());
+    for (o, ((&d, &zv), &v)) in co.into_remainder().iter_mut().zip(tails) {
+        let g = dz(d, zv);
+        *o = g / s;
+        tg += g;
+        tgx = madd::<FMA>(g, v, tgx);
+    }
+    (
+        sg.iter().sum::<f32>() as f64 + tg as f64,
+        sgx.iter().sum::<f32>() as f64 + tgx as f64,
+    )
+}
+
 /// The channel's `z = x / s + b` for all images (image-major) into `z`.
 fn z_channel(z: &mut [f32], x: &[f32], d: Dims, c: usize, s: &[f32], b: &[f32]) {
     for (n, zp) in z.chunks_exact_mut(d.plane.max(1)).enumerate() {
@@ -122,12 +205,13 @@ pub(super) fn forward_core(
     let m = d.count() as f64;
     let mut y = vec![0f32; x.len()];
     // Per channel: z once (cache-resident), its statistics, then y from it.
-    let stats: Vec<(f32, f32, f32)> = per_channel_out(d, &mut y, |c, yc| {
-        let mut z = vec![0f32; d.n * d.plane];
-        z_channel(&mut z, x, d, c, s, b);
-        let mean = (sum(&z) as f64 / m) as f32;
+    let stats: Vec<(f32, f32, f32)> = per_channel_out(d, &mut y, |c, yc, work| {
+        // `z_channel` writes every element of `z`.
+        let z = &mut work[..d.n * d.plane];
+        z_channel(z, x, d, c, s, b);
+        let mean = (sum(z) as f64 / m) as f32;
         let mut var = 0f64;
-        sq_dev(&z, mean, &mut var);
+        sq_dev(z, mean, &mut var);
         let var = (var / m) as f32;
         let invstd = (1.0 / (var as f64 + eps).sqrt()) as f32;
         let a = gamma[c] * invstd;
@@ -236,9 +320,10 @@ pub(super) fn backward_core(
     // gradient (pre-activation recomputed with the forward's coefficients); then
     // dz = k·dy + mz·z + q (the BatchNorm backward, masked alike) and dx = dz / s with Σdz and
     // Σdz·x. The same arithmetic as the unfused ops, so the same rounding.
-    let sums: Vec<[f64; 4]> = per_channel_out(d, dx, |c, dxc| {
-        let mut z = vec![0f32; d.n * d.plane];
-        z_channel(&mut z, x, d, c, s, b);
+    let sums: Vec<[f64; 4]> = per_channel_out(d, dx, |c, dxc, work| {
+        // `z_channel` writes every element of `z`.
+        let z = &mut work[..d.n * d.plane];
+        z_channel(z, x, d, c, s, b);
         let a = gamma[c] * st.invstd[c];
         let ab = (a, beta[c] - a * st.mean[c]);
         let dyc = |n: usize| &dy[plane(n * d.c + c)];
@@ -256,7 +341,6 @@ pub(super) fn backward_core(
         let k = gamma[c] as f64 * inv;
         let mz = -k * sdyzc * inv * inv / m;
         let q = -k * sdy / m - mz * st.mean[c] as f64;
-        let mut dz = vec![0f32; d.plane];
         let (mut sdz, mut sdzx) = (0f64, 0f64);
         for (n, (zp, dxp)) in z
             .chunks_exact(d.plane.max(1))
@@ -265,13 +349,10 @@ pub(super) fn backward_core(
         {
             let i = n * d.c + c;
             let kmq = (k as f32, mz as f32, q as f32);
-            match act {
-                None => dx_kernel(&mut dz, dyc(n), zp, kmq.0, kmq.1, kmq.2),
-                Some(act) => dx_act(&mut dz, dyc(n), zp, kmq, ab, act),
-            }
-            let (a, bsum) = bwd_plane(dxp, &dz, &x[plane(i)], s[c], true);
-            sdz += a;
-            sdzx += bsum;
+            let mut o = (0f64, 0f64);
+            dz_div(dxp, dyc(n), zp, &x[plane(i)], kmq, ab, act, s[c], &mut o);
+            sdz += o.0;
+            sdzx += o.1;
         }
         [sdy, sdyzc, sdz, sdzx]
     });
@@ -411,4 +492,55 @@ pub fn batch_norm_act_train_prescaled_slow(
         y: super::clamp_slow(&o.y, min, max)?,
         ..o
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::batch_norm::{dx_act, dx_kernel};
+    use super::super::channel::bwd_plane;
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The fused pass against the two kernels it replaces (BatchNorm input gradient into a
+    /// plane, then the channel divide's backward on it): the same bits for `dx` and the sums,
+    /// for plane lengths around the 16-lane blocks (tails of 0–15) and every activation mask.
+    #[test]
+    fn dz_div_equals_dx_kernels_then_divide_backward_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut v = |n: usize, scale: f32| -> Vec<f32> {
+            (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
+        };
+        let acts = [
+            None,
+            Some(Act::new(0.0, 6.0, "t").unwrap()),
+            Some(Act::new(0.0, f32::INFINITY, "t").unwrap()),
+            Some(Act::new(-0.5, 1.25, "t").unwrap()),
+        ];
+        for len in [1, 7, 15, 16, 17, 33, 49, 196, 784] {
+            let (dy, z, x) = (v(len, 2.0), v(len, 3.0), v(len, 5.0));
+            let kmq = (0.7f32, -0.013f32, 0.021f32);
+            let ab = (1.9f32, 0.4f32);
+            for s in [0.37f32, -1.3, 3.0e-3] {
+                for act in acts {
+                    let mut dz = vec![0f32; len];
+                    match act {
+                        None => dx_kernel(&mut dz, &dy, &z, kmq.0, kmq.1, kmq.2),
+                        Some(act) => dx_act(&mut dz, &dy, &z, kmq, ab, act),
+                    }
+                    let mut want = vec![0f32; len];
+                    let want_sums = bwd_plane(&mut want, &dz, &x, s, true);
+                    let mut got = vec![0f32; len];
+                    let mut got_sums = (0f64, 0f64);
+                    dz_div(&mut got, &dy, &z, &x, kmq, ab, act, s, &mut got_sums);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "dx, len {len} s {s} act {act:?}");
+                    assert_eq!(
+                        (got_sums.0.to_bits(), got_sums.1.to_bits()),
+                        (want_sums.0.to_bits(), want_sums.1.to_bits()),
+                        "sums, len {len} s {s} act {act:?}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -4,12 +4,13 @@
 //! full passes forward and more backward; this forward reads `x` three times (mean, variance,
 //! normalize) and the backward twice (two per-channel sums, then `dx`).
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, Device, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::common::{dims4, f32_contiguous, lock_state, simd_dispatch, sum, PAR_MIN_ELEMS};
+use super::common::{dims4, f32_contiguous, lock_state, output, simd_dispatch, sum, PAR_MIN_ELEMS};
 use super::op3::{flat, packed_grads, Op3, SliceOp3};
 
 /// What [`batch_norm_train`] returns.
@@ -79,7 +80,7 @@ pub(super) fn per_channel<T: Send>(d: Dims, f: impl Fn(usize) -> T + Sync) -> Ve
 }
 
 /// Runs `f(plane_index, plane)` over all planes of `out`, in parallel when big.
-fn per_plane(out: &mut [f32], d: Dims, f: impl Fn(usize, &mut [f32]) + Sync) {
+fn per_plane<E: Send>(out: &mut [E], d: Dims, f: impl Fn(usize, &mut [E]) + Sync) {
     if d.plane == 0 {
         return;
     }
@@ -139,19 +140,19 @@ simd_dispatch!(pub(super) fn grad_sums = grad_sums_generic(dy: &[f32], x: &[f32]
 
 /// `o = a·x + b` element-wise (normalize-and-affine in one FMA per element).
 #[inline(always)]
-fn affine_generic<const FMA: bool>(o: &mut [f32], x: &[f32], a: f32, b: f32) {
+fn affine_generic<const FMA: bool>(o: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32) {
     for (o, &x) in o.iter_mut().zip(x) {
-        *o = super::common::madd::<FMA>(a, x, b);
+        o.write(super::common::madd::<FMA>(a, x, b));
     }
 }
 
-simd_dispatch!(pub(super) fn affine = affine_generic(o: &mut [f32], x: &[f32], a: f32, b: f32));
+simd_dispatch!(pub(super) fn affine = affine_generic(o: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32));
 
 /// `o = clamp(a·x + b, lo, hi)` with the comparisons of [`super::activation`]'s clamp (NaN
 /// passes through).
 #[inline(always)]
 fn affine_clamp_generic<const FMA: bool>(
-    o: &mut [f32],
+    o: &mut [MaybeUninit<f32>],
     x: &[f32],
     a: f32,
     b: f32,
@@ -160,17 +161,17 @@ fn affine_clamp_generic<const FMA: bool>(
 ) {
     for (o, &x) in o.iter_mut().zip(x) {
         let z = super::common::madd::<FMA>(a, x, b);
-        *o = if z < lo {
+        o.write(if z < lo {
             lo
         } else if z > hi {
             hi
         } else {
             z
-        };
+        });
     }
 }
 
-simd_dispatch!(pub(super) fn affine_clamp = affine_clamp_generic(o: &mut [f32], x: &[f32], a: f32, b: f32, lo: f32, hi: f32));
+simd_dispatch!(pub(super) fn affine_clamp = affine_clamp_generic(o: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32, lo: f32, hi: f32));
 
 /// The activation fused after the normalization: `clamp(z, min, max)` with PyTorch's gradient
 /// (passed only where `min < z < max`; `max = +inf` is ReLU, whose gradient `z = +inf` keeps).
@@ -294,8 +295,7 @@ pub(super) fn forward_core(
         .iter()
         .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
         .collect();
-    let mut y = vec![0f32; x.len()];
-    per_plane(&mut y, d, |i, o| {
+    let write = |i: usize, o: &mut [MaybeUninit<f32>]| {
         let c = i % d.c;
         let a = gamma[c] * invstd[c];
         let b = beta[c] - a * mean[c];
@@ -303,7 +303,10 @@ pub(super) fn forward_core(
             None => affine(o, plane(i), a, b),
             Some(act) => affine_clamp(o, plane(i), a, b, act.min, act.max),
         }
-    });
+    };
+    // SAFETY: `per_plane` hands every plane of `y` (`x.len()` = N·C·H·W floats in planes of
+    // H·W) to `write`, whose kernels write each element of the plane.
+    let y = unsafe { output(x.len(), |y| per_plane(y, d, write)) };
     let stats = Stats {
         mean,
         invstd,

@@ -1,6 +1,7 @@
 //! Shared plumbing for the training ops: input checks, storage access, SIMD dispatch and the
 //! vector primitives (`madd`, `dot`, `sum`) every kernel is built from.
 
+use std::mem::MaybeUninit;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use candle_core::backend::BackendStorage;
@@ -74,6 +75,37 @@ pub(crate) fn recycle(v: Vec<f32>) {
     let held: usize = pool.iter().map(Vec::capacity).sum();
     if held + v.capacity() <= SCRATCH_MAX_FLOATS {
         pool.push(v);
+    }
+}
+
+/// A new output of `len` floats written by `fill`, without zero-filling it first (a step's
+/// outputs are tens of MB, and a recycled allocation would be cleared for nothing).
+///
+/// # Safety
+/// `fill` must write every element of the slice it gets.
+pub(crate) unsafe fn output(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the capacity is `len`, and the caller guarantees `fill` initialized all of it.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// A [`scratch`] buffer that goes back to the pool when dropped: for per-call work buffers,
+/// which as fresh allocations of a few hundred KB were cleared (and, past the allocator's
+/// large-object size, page-faulted in again) on every call.
+pub(crate) struct Pooled(pub(crate) Vec<f32>);
+
+impl Pooled {
+    /// `len` floats of unspecified contents.
+    pub(crate) fn new(len: usize) -> Self {
+        Pooled(scratch(len))
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        recycle(std::mem::take(&mut self.0));
     }
 }
 

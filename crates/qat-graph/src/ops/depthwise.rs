@@ -22,7 +22,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias::bias_add_nchw;
-use super::common::{dot, f32_contiguous, madd, simd_dispatch, slice_f32, PAR_MIN_ELEMS};
+use super::common::{dot, f32_contiguous, madd, simd_dispatch, slice_f32, Pooled, PAR_MIN_ELEMS};
 use super::op3::{flat, packed_grads, SliceOp3};
 
 /// Geometry of one depthwise conv call.
@@ -622,9 +622,11 @@ impl<'a> Planes<'a> {
     }
 }
 
-/// A task's scratch buffer, and the group size whose layout's zero padding it holds.
+/// A task's scratch buffer (pooled: every element a group reads it first writes, padding
+/// included, so stale contents never matter), and the group size whose layout's zero padding
+/// it holds.
 struct Scratch {
-    buf: Vec<f32>,
+    buf: Pooled,
     padded_for: Option<usize>,
 }
 
@@ -644,12 +646,12 @@ fn for_each_channel_group(
     let channel = |c: usize, s: &mut Scratch| {
         for n0 in (0..g.n).step_by(gsz) {
             let nb = gsz.min(g.n - n0);
-            f(Group { c, n0, nb }, &mut s.buf, s.padded_for != Some(nb));
+            f(Group { c, n0, nb }, &mut s.buf.0, s.padded_for != Some(nb));
             s.padded_for = Some(nb);
         }
     };
     let fresh = || Scratch {
-        buf: vec![0f32; g.scratch_len(backward)],
+        buf: Pooled::new(g.scratch_len(backward)),
         padded_for: None,
     };
     if parallel(elems) {

@@ -8,6 +8,7 @@
 //! output tensor and one autograd node instead of two of each. The backward chains the
 //! BatchNorm gradient `dz` into `dx = dz / s`, `ds = −Σ dz·x / s²`, `db = Σ dz`.
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, Result, Shape, Tensor};
@@ -17,7 +18,9 @@ use super::batch_norm::{
     affine, affine_clamp, check, grad_sums, sq_dev, Act, BatchNormTrainOutput, Dims,
 };
 use super::channel::fwd_plane;
-use super::common::{f32_contiguous, lock_state, madd, simd_dispatch, sum, PAR_MIN_ELEMS};
+use super::common::{
+    f32_contiguous, lock_state, madd, output, simd_dispatch, sum, Pooled, PAR_MIN_ELEMS,
+};
 use super::op3::{flat, packed_grads, Op3, SliceOp3};
 
 /// Per-channel statistics of `z`, saved by the forward for the backward.
@@ -37,16 +40,16 @@ fn z_plane(z: &mut [f32], x: &[f32], d: Dims, i: usize, s: &[f32], b: &[f32]) {
 /// Runs `f(c, planes, work) -> T` for every channel, where `planes` are the channel's `N`
 /// planes of the NCHW buffer `out` (image order, written in place: no channel buffer copied
 /// back), and returns the results in channel order. `work` is `N·H·W` floats of
-/// unspecified contents, one buffer per task reused channel after channel (a fresh zeroed
-/// channel-sized buffer per channel cost an allocation and a memset of the whole tensor per
-/// pass). Channels run on rayon's pool when big and more than one thread is there.
-fn per_channel_out<T: Send>(
+/// unspecified contents, one pooled buffer per task reused channel after channel (a fresh
+/// zeroed channel-sized buffer per channel cost an allocation and a memset of the whole
+/// tensor per pass). Channels run on rayon's pool when big and more than one thread is there.
+fn per_channel_out<T: Send, E: Send>(
     d: Dims,
-    out: &mut [f32],
-    f: impl Fn(usize, &mut [&mut [f32]], &mut [f32]) -> T + Sync,
+    out: &mut [E],
+    f: impl Fn(usize, &mut [&mut [E]], &mut [f32]) -> T + Sync,
 ) -> Vec<T> {
     let parallel = out.len() >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1;
-    let mut chans: Vec<Vec<&mut [f32]>> = (0..d.c).map(|_| Vec::with_capacity(d.n)).collect();
+    let mut chans: Vec<Vec<&mut [E]>> = (0..d.c).map(|_| Vec::with_capacity(d.n)).collect();
     if d.plane > 0 {
         for (i, p) in out.chunks_exact_mut(d.plane).enumerate() {
             chans[i % d.c].push(p);
@@ -54,15 +57,15 @@ fn per_channel_out<T: Send>(
     }
     let work_len = d.n * d.plane;
     let run =
-        |work: &mut Vec<f32>, (c, mut planes): (usize, Vec<&mut [f32]>)| f(c, &mut planes, work);
+        |work: &mut Pooled, (c, mut planes): (usize, Vec<&mut [E]>)| f(c, &mut planes, &mut work.0);
     if parallel {
         chans
             .into_par_iter()
             .enumerate()
-            .map_init(|| vec![0f32; work_len], run)
+            .map_init(|| Pooled::new(work_len), run)
             .collect()
     } else {
-        let mut work = vec![0f32; work_len];
+        let mut work = Pooled::new(work_len);
         chans
             .into_iter()
             .enumerate()
@@ -203,9 +206,9 @@ pub(super) fn forward_core(
     let (gamma, s) = gs.split_at(d.c);
     let (beta, b) = bb.split_at(d.c);
     let m = d.count() as f64;
-    let mut y = vec![0f32; x.len()];
+    let mut stats = Vec::new();
     // Per channel: z once (cache-resident), its statistics, then y from it.
-    let stats: Vec<(f32, f32, f32)> = per_channel_out(d, &mut y, |c, yc, work| {
+    let channel = |c: usize, yc: &mut [&mut [MaybeUninit<f32>]], work: &mut [f32]| {
         // `z_channel` writes every element of `z`.
         let z = &mut work[..d.n * d.plane];
         z_channel(z, x, d, c, s, b);
@@ -223,7 +226,10 @@ pub(super) fn forward_core(
             }
         }
         (mean, var, invstd)
-    });
+    };
+    // SAFETY: `per_channel_out` hands every (image, channel) plane of `y` (N·C·H·W floats in
+    // planes of H·W) to `channel`, whose kernels write each element of each plane.
+    let y = unsafe { output(x.len(), |y| stats = per_channel_out(d, y, channel)) };
     let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
     let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
     let invstd: Vec<f32> = stats.iter().map(|s| s.2).collect();

@@ -173,14 +173,20 @@ impl SliceOp3 for ConvBnForward {
             act: self.act,
             saved: self.saved.clone(),
         };
-        let shapes = [
-            x.shape().clone(),
-            w.shape().clone(),
-            (2 * self.conv.bn().c).into(),
-        ];
-        let [dx, dw, dgb] = packed_grads((x, w, grad), backward, shapes)?;
-        Ok([Some(dx), Some(dw), Some(dgb)])
+        conv_grads((x, w, grad), backward, 2 * self.conv.bn().c)
     }
+}
+
+/// The gradients of a fused conv + BatchNorm op's `(x, w, params)` from its `backward` op,
+/// whose flat output is `[dx | dw | dparams]` with `params` floats in the last part.
+pub(super) fn conv_grads<T: SliceOp3>(
+    (x, w, grad): (&Tensor, &Tensor, &Tensor),
+    backward: T,
+    params: usize,
+) -> Result<[Option<Tensor>; 3]> {
+    let shapes = [x.shape().clone(), w.shape().clone(), params.into()];
+    let [dx, dw, dp] = packed_grads((x, w, grad), backward, shapes)?;
+    Ok([Some(dx), Some(dw), Some(dp)])
 }
 
 /// `(x, w, dy) -> [dx | dw | dgamma (O) | dbeta (O)]`, flat.

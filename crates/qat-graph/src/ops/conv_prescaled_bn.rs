@@ -15,9 +15,9 @@ use candle_core::{bail, Result, Shape, Tensor};
 
 use super::batch_norm::{check_dims, Act, BatchNormTrainOutput};
 use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch};
-use super::conv_bn::{pointwise, Conv};
+use super::conv_bn::{conv_grads, pointwise, Conv};
 use super::depthwise::Geom as DwGeom;
-use super::op3::{flat, packed_grads, Op3, SliceOp3};
+use super::op3::{flat, Op3, SliceOp3};
 use super::prescaled_bn::{backward_core, forward_core, Stats};
 
 /// What the forward keeps for the backward.
@@ -79,13 +79,7 @@ impl SliceOp3 for Forward {
             act: self.act.map(|a| a.0),
             saved: self.saved.clone(),
         };
-        let shapes = [
-            x.shape().clone(),
-            w.shape().clone(),
-            (4 * self.conv.bn().c).into(),
-        ];
-        let [dx, dw, dp] = packed_grads((x, w, grad), backward, shapes)?;
-        Ok([Some(dx), Some(dw), Some(dp)])
+        conv_grads((x, w, grad), backward, 4 * self.conv.bn().c)
     }
 }
 

@@ -9,6 +9,9 @@
 //!   u8 matrix padded with the input zero point, then one GEMM per group writing its output
 //!   channel slice in place (`ldc = C_out`).
 //!
+//! [`StemConv`] is a direct kernel for the few-input-channel case (a network's stem), which
+//! the runtime uses instead of im2col + GEMM where the CPU has AVX-512 VNNI + VBMI.
+//!
 //! Every path computes
 //! `out[n][oy][ox][oc] = requantize(bias[oc] + Σ_{ic,ky,kx} w[oc][ic][ky][kx] · (x - zp_in))` with
 //! [`qat_core::requantize`], bit-identical to [`Conv2d::run_reference`].

@@ -20,9 +20,11 @@
 //! run a faster variant (`x86_64_quad`): each input row is rearranged once per channel block
 //! into *quads* (four horizontally adjacent pixels in the four bytes of a dword lane), so one
 //! exact `vpdpbusd` (u8 × i8, four products per lane, no saturation) covers four taps.
-//! For 3×3 undilated kernels (stride 1 or 2 along x) with at least 32 channels, a kernel over
-//! 64-channel blocks (`x86_64_dw3x3`) builds those quads with byte / word unpacks straight
-//! from NHWC pixels held in a ring of pre-padded input rows, so borders cost no branches.
+//! For 3×3 undilated kernels (stride 1 or 2 along x) with at least 16 channels, a kernel over
+//! 64-channel blocks (`x86_64_dw3x3`) builds those quads with byte / word unpacks from NHWC
+//! pixels once per input row into a ring of padded *quad rows*, so the three output rows that
+//! read an input row share its shuffles and borders cost no branches; blocks of at most 32 or
+//! 16 channels carry two or four output pixels per vector.
 //!
 //! Scratch: [`DwConv::run_with_scratch`] takes the row caches / indirection buffers from the
 //! caller ([`DwConv::scratch_len`] bytes, the same for every batch size), so a model that

@@ -5,10 +5,11 @@
 //! gives gradient 1 at 0. PyTorch (`hardtanh_backward`, `threshold_backward`) passes the gradient
 //! only where `min < x < max` (ReLU: where `x > 0`), which is what these ops do.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::common::{f32_contiguous, slice_f32, PAR_MIN_ELEMS};
+use super::slice_op::{Op2, SliceOp2};
 
 /// `out[i] = f(a[i], b[i])` in one pass (collecting an exact-size iterator writes each element
 /// once, no zero-fill), in parallel when big and more than one thread is available.
@@ -63,38 +64,29 @@ impl CustomOp1 for Clamp {
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
-        Ok(Some(x.apply_op2_no_bwd(&grad, &ClampGrad(*self))?))
+        Ok(Some(x.apply_op2_no_bwd(&grad, &Op2(ClampGrad(*self)))?))
     }
 }
 
 /// `(x, dy) -> dy` where `min < x < max`, else 0.
 struct ClampGrad(Clamp);
 
-impl CustomOp2 for ClampGrad {
-    fn name(&self) -> &'static str {
-        "clamp_pt_grad_backward"
-    }
+impl SliceOp2 for ClampGrad {
+    const NAME: &'static str = "clamp_pt_grad_backward";
+    const OPERANDS: [&'static str; 2] = ["input", "output gradient"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
+    fn run(&self, x: &[f32], dy: &[f32], (sx, sdy): (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)> {
         if x.len() != dy.len() {
             bail!(
                 "{}: gradient shape {:?} != input shape {:?}",
-                self.name(),
-                l2.dims(),
-                l1.dims()
+                Self::NAME,
+                sdy.dims(),
+                sx.dims()
             )
         }
         let c = self.0;
         let out = zip_map(x, dy, |x, g| if c.passes(x) { g } else { 0.0 });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, sx.clone()))
     }
 }
 

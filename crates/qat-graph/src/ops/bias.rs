@@ -3,31 +3,23 @@
 //! `x.broadcast_add(b.reshape((1, C, 1, 1)))` backprops through candle's generic strided
 //! reductions; here the bias gradient is one vectorized sum per (image, channel) plane.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::common::{dims4, f32_contiguous, slice_f32, sum, PAR_MIN_ELEMS};
+use super::slice_op::{Op2, SliceOp2};
 
 /// `(x [N,C,H,W], b [C]) -> x + b[c]`.
 struct BiasAdd {
     c: usize,
 }
 
-impl CustomOp2 for BiasAdd {
-    fn name(&self) -> &'static str {
-        "bias_add_nchw"
-    }
+impl SliceOp2 for BiasAdd {
+    const NAME: &'static str = "bias_add_nchw";
+    const OPERANDS: [&'static str; 2] = ["input", "bias"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let b = slice_f32(s2, l2, self.name(), "bias")?;
-        let plane = x.len() / (l1.dims()[0] * self.c).max(1);
+    fn run(&self, x: &[f32], b: &[f32], (sx, _): (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)> {
+        let plane = x.len() / (sx.dims()[0] * self.c).max(1);
         let mut out = x.to_vec();
         if plane > 0 {
             let add = |(i, o): (usize, &mut [f32])| {
@@ -40,19 +32,19 @@ impl CustomOp2 for BiasAdd {
                 out.par_chunks_exact_mut(plane).enumerate().for_each(add);
             }
         }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, sx.clone()))
     }
 
-    fn bwd(
+    fn grads(
         &self,
         _x: &Tensor,
         _b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 2]> {
         let grad = grad.contiguous()?;
         let db = grad.apply_op1_no_bwd(&ChannelSum)?;
-        Ok((Some(grad), Some(db)))
+        Ok([Some(grad), Some(db)])
     }
 }
 
@@ -93,7 +85,7 @@ pub fn bias_add_nchw(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let x = f32_contiguous(x, OP, "input")?;
     let b = f32_contiguous(b, OP, "bias")?;
-    x.apply_op2(&b, BiasAdd { c })
+    x.apply_op2(&b, Op2(BiasAdd { c }))
 }
 
 /// [`bias_add_nchw`] as a candle broadcast (the reference for tests and benches).

@@ -11,7 +11,7 @@ use candle_core::{bail, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::common::{dims4, f32_contiguous, simd_dispatch, PAR_MIN_ELEMS};
-use super::op3::{flat, packed_grads, Op3, SliceOp3};
+use super::slice_op::{flat, packed_grads, Op3, SliceOp3};
 
 #[derive(Clone, Copy, Debug)]
 struct Dims {

@@ -20,8 +20,8 @@ use super::batch_norm::{
 };
 use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch};
 use super::depthwise::Geom as DwGeom;
-use super::op3::{flat, packed_grads, Op3, SliceOp3};
 use super::pointwise::matmul;
+use super::slice_op::{flat, packed_grads, Op3, SliceOp3};
 
 /// What the forward keeps for the backward.
 #[derive(Default)]

@@ -17,8 +17,8 @@ use super::batch_norm::{check_dims, Act, BatchNormTrainOutput};
 use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch};
 use super::conv_bn::{conv_grads, pointwise, Conv};
 use super::depthwise::Geom as DwGeom;
-use super::op3::{flat, Op3, SliceOp3};
 use super::prescaled_bn::{backward_core, forward_core, Stats};
+use super::slice_op::{flat, Op3, SliceOp3};
 
 /// What the forward keeps for the backward.
 #[derive(Default)]

@@ -18,12 +18,12 @@
 
 use std::marker::PhantomData;
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias::bias_add_nchw;
-use super::common::{dot, f32_contiguous, madd, simd_dispatch, slice_f32, Pooled, PAR_MIN_ELEMS};
-use super::op3::{flat, packed_grads, SliceOp3};
+use super::common::{dot, f32_contiguous, madd, simd_dispatch, Pooled, PAR_MIN_ELEMS};
+use super::slice_op::{flat, packed_grads, Op2, SliceOp2, SliceOp3};
 
 /// Geometry of one depthwise conv call.
 #[derive(Clone, Debug)]
@@ -669,37 +669,28 @@ fn for_each_channel_group(
 /// Forward: `(x [N,C,H,W], w [C,1,KH,KW]) -> y [N,C,Ho,Wo]`.
 struct DwForward(Geom);
 
-impl CustomOp2 for DwForward {
-    fn name(&self) -> &'static str {
-        "depthwise_conv2d"
-    }
+impl SliceOp2 for DwForward {
+    const NAME: &'static str = "depthwise_conv2d";
+    const OPERANDS: [&'static str; 2] = ["input", "weight"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, x: &[f32], wt: &[f32], _: (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)> {
         let g = &self.0;
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let wt = slice_f32(s2, l2, self.name(), "weight")?;
         let mut out = vec![0f32; g.out_len()];
         g.forward_into(x, wt, &mut out)?;
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.ho, g.wo))))
+        Ok((out, Shape::from((g.n, g.c, g.ho, g.wo))))
     }
 
-    fn bwd(
+    fn grads(
         &self,
         x: &Tensor,
         w: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 2]> {
         let g = &self.0;
         let shapes = [(g.n, g.c, g.h, g.w).into(), (g.c, 1, g.kh, g.kw).into()];
         let [dx, dw] = packed_grads((x, w, grad), DwBackward(g.clone()), shapes)?;
-        Ok((Some(dx), Some(dw)))
+        Ok([Some(dx), Some(dw)])
     }
 }
 
@@ -761,7 +752,7 @@ pub fn depthwise_conv2d_dilated(
     let g = Geom::new(x.dims(), w.dims(), stride, padding, dilation)?;
     let x = f32_contiguous(x, OP, "input")?;
     let w = f32_contiguous(w, OP, "weight")?;
-    let y = x.apply_op2(&w, DwForward(g))?;
+    let y = x.apply_op2(&w, Op2(DwForward(g)))?;
     match bias {
         Some(b) => bias_add_nchw(&y, b),
         None => Ok(y),

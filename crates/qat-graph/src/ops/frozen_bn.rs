@@ -11,11 +11,11 @@
 //! image by image in f64) are those of the three ops, so values and gradients equal theirs bit
 //! for bit.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::common::{dims4, f32_contiguous, madd, simd_dispatch, slice_f32, PAR_MIN_ELEMS};
-use super::op3::{flat, packed_grads, SliceOp3};
+use super::common::{dims4, f32_contiguous, madd, simd_dispatch, PAR_MIN_ELEMS};
+use super::slice_op::{flat, packed_grads, Op2, SliceOp2, SliceOp3};
 
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -158,23 +158,14 @@ struct Forward {
     act: Option<Act>,
 }
 
-impl CustomOp2 for Forward {
-    fn name(&self) -> &'static str {
-        "channel_div_affine_act_nchw"
-    }
+impl SliceOp2 for Forward {
+    const NAME: &'static str = "channel_div_affine_act_nchw";
+    const OPERANDS: [&'static str; 2] = ["input", "coefficients"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let p = slice_f32(s2, l2, self.name(), "coefficients")?;
+    fn run(&self, x: &[f32], p: &[f32], (sx, _): (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)> {
         let d = self.d;
         if x.len() != d.n * d.c * d.plane || p.len() != 4 * d.c {
-            bail!("{}: operand sizes do not match", self.name())
+            bail!("{}: operand sizes do not match", Self::NAME)
         }
         let mut y = vec![0f32; x.len()];
         if d.plane > 0 {
@@ -188,23 +179,23 @@ impl CustomOp2 for Forward {
                 y.par_chunks_exact_mut(d.plane).enumerate().for_each(run);
             }
         }
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, sx.clone()))
     }
 
-    fn bwd(
+    fn grads(
         &self,
         x: &Tensor,
         p: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 2]> {
         let backward = Backward {
             d: self.d,
             act: self.act,
         };
         let shapes = [x.shape().clone(), (4 * self.d.c).into()];
         let [dx, dp] = packed_grads((x, grad, p), backward, shapes)?;
-        Ok((Some(dx), Some(dp)))
+        Ok([Some(dx), Some(dp)])
     }
 }
 
@@ -326,7 +317,7 @@ pub fn channel_div_affine_act_nchw(
         .collect::<Result<Vec<_>>>()?;
     let p = Tensor::cat(&parts, 0)?;
     let d = Dims { n, c, plane: h * w };
-    x.apply_op2(&p, Forward { d, act })
+    x.apply_op2(&p, Op2(Forward { d, act }))
 }
 
 /// [`channel_div_affine_act_nchw`] as the three ops it fuses, each as candle broadcasts

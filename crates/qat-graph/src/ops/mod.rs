@@ -11,7 +11,7 @@
 //! runtime; big tensors are split over rayon's pool by (image, channel) plane.
 
 mod common;
-mod op3;
+mod slice_op;
 
 mod activation;
 mod batch_norm;

@@ -7,11 +7,12 @@
 //! a conv whose kernel is the whole output plane (MEASURED.md: 80 ms for 144→24 @ 56×56 ×8).
 //! Stride > 1 first subsamples the input (a gather with a scatter backward).
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 
 use super::bias::bias_add_nchw;
 use super::common::{dims4, f32_contiguous, slice_f32};
+use super::slice_op::{Op2, SliceOp2};
 
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -91,21 +92,12 @@ pub(super) fn matmul(
 /// `(x [N,C,H,W], w [O,C,1,1]) -> y [N,O,H,W]`.
 struct Conv1x1(Dims);
 
-impl CustomOp2 for Conv1x1 {
-    fn name(&self) -> &'static str {
-        "conv1x1"
-    }
+impl SliceOp2 for Conv1x1 {
+    const NAME: &'static str = "conv1x1";
+    const OPERANDS: [&'static str; 2] = ["input", "weight"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, x: &[f32], w: &[f32], _: (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)> {
         let d = self.0;
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let w = slice_f32(s2, l2, self.name(), "weight")?;
         let p = d.p();
         let mut y = vec![0f32; d.n * d.o * p];
         if p > 0 {
@@ -113,41 +105,32 @@ impl CustomOp2 for Conv1x1 {
                 matmul(yn, (d.o, p, d.c), w, (d.c, 1), xn, (p, 1), false)?;
             }
         }
-        Ok((CpuStorage::F32(y), Shape::from((d.n, d.o, d.h, d.w))))
+        Ok((y, Shape::from((d.n, d.o, d.h, d.w))))
     }
 
-    fn bwd(
+    fn grads(
         &self,
         x: &Tensor,
         w: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 2]> {
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(w, &Conv1x1InputGrad(self.0))?;
-        let dw = x.apply_op2_no_bwd(&grad, &Conv1x1WeightGrad(self.0))?;
-        Ok((Some(dx), Some(dw)))
+        let dx = grad.apply_op2_no_bwd(w, &Op2(Conv1x1InputGrad(self.0)))?;
+        let dw = x.apply_op2_no_bwd(&grad, &Op2(Conv1x1WeightGrad(self.0)))?;
+        Ok([Some(dx), Some(dw)])
     }
 }
 
 /// `(dy [N,O,H,W], w [O,C,1,1]) -> dx [N,C,H,W] = Wᵀ · dY` per image.
 struct Conv1x1InputGrad(Dims);
 
-impl CustomOp2 for Conv1x1InputGrad {
-    fn name(&self) -> &'static str {
-        "conv1x1_input_grad"
-    }
+impl SliceOp2 for Conv1x1InputGrad {
+    const NAME: &'static str = "conv1x1_input_grad";
+    const OPERANDS: [&'static str; 2] = ["output gradient", "weight"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, dy: &[f32], w: &[f32], _: (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)> {
         let d = self.0;
-        let dy = slice_f32(s1, l1, self.name(), "output gradient")?;
-        let w = slice_f32(s2, l2, self.name(), "weight")?;
         let p = d.p();
         let mut dx = vec![0f32; d.n * d.c * p];
         if p > 0 {
@@ -156,28 +139,19 @@ impl CustomOp2 for Conv1x1InputGrad {
                 matmul(dxn, (d.c, p, d.o), w, (1, d.c), dyn_, (p, 1), false)?;
             }
         }
-        Ok((CpuStorage::F32(dx), Shape::from((d.n, d.c, d.h, d.w))))
+        Ok((dx, Shape::from((d.n, d.c, d.h, d.w))))
     }
 }
 
 /// `(x [N,C,H,W], dy [N,O,H,W]) -> dw [O,C,1,1] = Σₙ dYₙ · Xₙᵀ`.
 struct Conv1x1WeightGrad(Dims);
 
-impl CustomOp2 for Conv1x1WeightGrad {
-    fn name(&self) -> &'static str {
-        "conv1x1_weight_grad"
-    }
+impl SliceOp2 for Conv1x1WeightGrad {
+    const NAME: &'static str = "conv1x1_weight_grad";
+    const OPERANDS: [&'static str; 2] = ["input", "output gradient"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn run(&self, x: &[f32], dy: &[f32], _: (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)> {
         let d = self.0;
-        let x = slice_f32(s1, l1, self.name(), "input")?;
-        let dy = slice_f32(s2, l2, self.name(), "output gradient")?;
         let p = d.p();
         let mut dw = vec![0f32; d.o * d.c];
         if p > 0 {
@@ -190,7 +164,7 @@ impl CustomOp2 for Conv1x1WeightGrad {
                 matmul(&mut dw, (d.o, d.c, p), dyn_, (p, 1), xn, (1, p), i > 0)?;
             }
         }
-        Ok((CpuStorage::F32(dw), Shape::from((d.o, d.c, 1, 1))))
+        Ok((dw, Shape::from((d.o, d.c, 1, 1))))
     }
 }
 
@@ -304,7 +278,7 @@ pub fn conv1x1(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize) -> 
         (h, wd) = sub.out_hw();
         x = x.apply_op1(sub)?;
     }
-    let y = x.apply_op2(&w, Conv1x1(Dims { n, c, o, h, w: wd }))?;
+    let y = x.apply_op2(&w, Op2(Conv1x1(Dims { n, c, o, h, w: wd })))?;
     match bias {
         Some(b) => bias_add_nchw(&y, b),
         None => Ok(y),

@@ -21,7 +21,7 @@ use super::channel::fwd_plane;
 use super::common::{
     f32_contiguous, lock_state, madd, output, simd_dispatch, sum, Pooled, PAR_MIN_ELEMS,
 };
-use super::op3::{flat, packed_grads, Op3, SliceOp3};
+use super::slice_op::{flat, packed_grads, Op3, SliceOp3};
 
 /// Per-channel statistics of `z`, saved by the forward for the backward.
 #[derive(Debug, Default)]

@@ -1,8 +1,8 @@
-//! The candle `CustomOp3` plumbing every fused op shares: operands checked and read as
-//! contiguous f32 slices, and a backward op whose flat output (all gradients packed one after
-//! the other, so one candle op computes them in one pass) is split back into tensors.
+//! The candle `CustomOp2` / `CustomOp3` plumbing every fused op shares: operands checked and
+//! read as contiguous f32 slices, and a backward op whose flat output (all gradients packed one
+//! after the other, so one candle op computes them in one pass) is split back into tensors.
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::common::slice_f32;
 
@@ -67,6 +67,63 @@ impl<T: SliceOp3> CustomOp3 for Op3<T> {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [ga, gb, gc] = self.0.grads(a, b, c, res, grad)?;
         Ok((ga, gb, gc))
+    }
+}
+
+/// A two-operand op on contiguous f32 CPU data; [`Op2`] makes it a candle `CustomOp2`, as
+/// [`SliceOp3`] / [`Op3`] for three operands.
+pub(super) trait SliceOp2: Send + Sync {
+    /// The op's name (candle's op graph, error messages).
+    const NAME: &'static str;
+    /// What each operand is, for error messages.
+    const OPERANDS: [&'static str; 2];
+
+    /// The output and its shape from the operands' data and shapes.
+    fn run(&self, a: &[f32], b: &[f32], shapes: (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)>;
+
+    /// The gradients of the two operands; backward ops keep this default.
+    fn grads(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        _grad: &Tensor,
+    ) -> Result<[Option<Tensor>; 2]> {
+        Err(candle_core::Error::BackwardNotSupported { op: Self::NAME })
+    }
+}
+
+/// A [`SliceOp2`] as a candle `CustomOp2`.
+pub(super) struct Op2<T>(pub(super) T);
+
+impl<T: SliceOp2> CustomOp2 for Op2<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let [n1, n2] = T::OPERANDS;
+        let a = slice_f32(s1, l1, T::NAME, n1)?;
+        let b = slice_f32(s2, l2, T::NAME, n2)?;
+        let (out, shape) = self.0.run(a, b, (l1.shape(), l2.shape()))?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [ga, gb] = self.0.grads(a, b, res, grad)?;
+        Ok((ga, gb))
     }
 }
 

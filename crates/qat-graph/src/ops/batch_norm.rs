@@ -304,6 +304,8 @@ pub(super) fn forward_core(
             Some(act) => affine_clamp(o, plane(i), a, b, act.min, act.max),
         }
     };
+    // The callers size `x` from `d`; were it otherwise, planes would miss output elements.
+    assert_eq!(x.len(), d.n * d.c * d.plane, "input size matches its dims");
     // SAFETY: `per_plane` hands every plane of `y` (`x.len()` = N·C·H·W floats in planes of
     // H·W) to `write`, whose kernels write each element of the plane.
     let y = unsafe { output(x.len(), |y| per_plane(y, d, write)) };

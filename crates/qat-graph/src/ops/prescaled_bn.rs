@@ -227,6 +227,8 @@ pub(super) fn forward_core(
         }
         (mean, var, invstd)
     };
+    // The callers size `x` from `d`; were it otherwise, planes would miss output elements.
+    assert_eq!(x.len(), d.n * d.c * d.plane, "input size matches its dims");
     // SAFETY: `per_channel_out` hands every (image, channel) plane of `y` (N·C·H·W floats in
     // planes of H·W) to `channel`, whose kernels write each element of each plane.
     let y = unsafe { output(x.len(), |y| stats = per_channel_out(d, y, channel)) };

@@ -385,6 +385,30 @@ fn every_isa_equals_scalar_on_tiny_and_odd_inputs() {
     check_isas(&cases);
 }
 
+/// Channel counts whose last 64-channel block holds 33–48 channels, which the AVX-512 3×3
+/// kernel splits into a 2× and a 4× folded block (and 49, which it does not split).
+#[test]
+fn every_isa_equals_scalar_on_split_tail_blocks() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut cases = Vec::new();
+    for c in [33, 40, 47, 48, 49, 112, 176] {
+        for (h, w, s, p) in [(5, 28, 1, 1), (4, 29, 2, 1), (3, 9, 1, 0), (6, 15, 2, 2)] {
+            let mut case = random_case(&mut rng, Fill::Random);
+            let k = 3;
+            case.h = h;
+            case.w = w;
+            case.c = c;
+            case.g = Conv2dGeometry::square(k, s, p);
+            case.weights = (0..c * k * k).map(|_| rng.gen()).collect();
+            case.w_scale = (0..c).map(|_| rng.gen_range(0.001..0.05)).collect();
+            case.bias = (0..c).map(|_| rng.gen_range(-20000..20000)).collect();
+            case.x = (0..case.n * h * w * c).map(|_| rng.gen()).collect();
+            cases.push(case);
+        }
+    }
+    check_isas(&cases);
+}
+
 #[test]
 fn results_do_not_depend_on_thread_count() {
     let pool = rayon::ThreadPoolBuilder::new()

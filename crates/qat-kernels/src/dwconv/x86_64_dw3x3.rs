@@ -38,7 +38,38 @@ const SET: usize = 3 * 4 * CB;
 /// doc. A folded block (see [`fold`]) repeats its lanes in every part.
 fn permuted_channel(c: usize, blk: usize, k: usize, lane: usize, d: usize) -> usize {
     let lane = lane % (4 / fold(c, blk));
-    blk * CB + 16 * lane + 4 * k + d
+    block(c, blk).0 + 16 * lane + 4 * k + d
+}
+
+/// Blocks of a `c`-channel conv: one per 64 channels, except that a last partial block of
+/// 33–48 channels splits into 32 + (1–16), which fold 2× and 4× (see [`fold`]): a 48-channel
+/// layer then fills ¾ of a 64-lane block's work instead of a whole one.
+pub(super) fn blocks(c: usize) -> usize {
+    c.div_ceil(CB) + usize::from(split_tail(c))
+}
+
+/// Whether the last partial block splits (see [`blocks`]).
+fn split_tail(c: usize) -> bool {
+    (CB / 2 + 1..=3 * CB / 4).contains(&(c % CB))
+}
+
+/// First channel and channel count of block `blk < blocks(c)`.
+fn block(c: usize, blk: usize) -> (usize, usize) {
+    let full = c / CB;
+    let start = if blk <= full {
+        blk * CB
+    } else {
+        // The second half of a split tail.
+        full * CB + CB / 2
+    };
+    let len = if blk < full {
+        CB
+    } else if split_tail(c) && blk == full {
+        CB / 2
+    } else {
+        c - start
+    };
+    (start, len)
 }
 
 /// How many output pixels one vector of block `blk` carries: 4 when the block holds at most
@@ -50,19 +81,19 @@ fn permuted_channel(c: usize, blk: usize, k: usize, lane: usize, d: usize) -> us
 /// in part `j`), so no vector lane computes a missing channel of a mostly empty block. The
 /// permuted channel order works per 128-bit lane, so the same weights serve every part.
 fn fold(c: usize, blk: usize) -> usize {
-    match c - blk * CB {
+    match block(c, blk).1 {
         n if n <= CB / 4 => 4,
         n if n <= CB / 2 => 2,
         _ => 1,
     }
 }
 
-/// Pack `[C][3][3]` weights for this kernel: per block, set A (`[w0, w1, w2, 0]`) then set B
-/// (`[0, w0, w1, w2]`), each `[ky][k][64 bytes]`; channels past `c` are 0.
+/// Pack `[C][3][3]` weights for this kernel: per block (see [`blocks`]), set A
+/// (`[w0, w1, w2, 0]`) then set B (`[0, w0, w1, w2]`), each `[ky][k][64 bytes]`; lanes
+/// without a channel are 0.
 pub(super) fn pack_weights(weights: &[i8], c: usize) -> Vec<u8> {
-    let blocks = c.div_ceil(CB);
-    let mut out = vec![0u8; blocks * 2 * SET];
-    for blk in 0..blocks {
+    let mut out = vec![0u8; blocks(c) * 2 * SET];
+    for blk in 0..blocks(c) {
         for set in 0..2 {
             for ky in 0..3 {
                 for k in 0..4 {
@@ -91,9 +122,8 @@ pub(super) fn pack_weights(weights: &[i8], c: usize) -> Vec<u8> {
 
 /// Per block, 64 entries of `v` (padded with `fill`) in the permuted order `[k][lane][d]`.
 pub(super) fn permute<T: Copy>(v: &[T], c: usize, fill: T) -> Vec<T> {
-    let blocks = c.div_ceil(CB);
-    let mut out = vec![fill; blocks * CB];
-    for blk in 0..blocks {
+    let mut out = vec![fill; blocks(c) * CB];
+    for blk in 0..blocks(c) {
         for k in 0..4 {
             for lane in 0..4 {
                 for d in 0..4 {
@@ -121,10 +151,10 @@ pub(super) fn quads_per_row(ow: usize, sw: usize) -> usize {
 /// Bytes of one quad: four permuted vectors.
 const QUAD: usize = 4 * CB;
 
-/// Scratch bytes one band of a `c`-channel conv needs: three ring quad rows per 64-channel
-/// block and the zero-point quad row.
+/// Scratch bytes one band of a `c`-channel conv needs: three ring quad rows per block (see
+/// [`blocks`]) and the zero-point quad row.
 pub(super) fn scratch_bytes(ow: usize, sw: usize, c: usize) -> usize {
-    (3 * c.div_ceil(CB) + 1) * quads_per_row(ow, sw) * QUAD
+    (3 * blocks(c) + 1) * quads_per_row(ow, sw) * QUAD
 }
 
 /// Shape of the call, for the band loop.
@@ -153,7 +183,7 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
     let row_bytes = quads_per_row(ow, sw) * QUAD;
     debug_assert!(scratch.len() >= scratch_bytes(ow, sw, c));
     debug_assert_eq!(out.len(), b.rows.len() * ow * c);
-    let (ring, zero_row) = scratch.split_at_mut(3 * c.div_ceil(CB) * row_bytes);
+    let (ring, zero_row) = scratch.split_at_mut(3 * blocks(c) * row_bytes);
     let zp_in = dw.input_zero_point as u8;
     zero_row[..row_bytes].fill(zp_in);
     let ep = Epilogue {
@@ -165,7 +195,7 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
         max_qmin: dw.qmin > 0,
         min_qmax: dw.qmax < 255,
     };
-    let blocks = c.div_ceil(CB);
+    let blocks = blocks(c);
     let geo = RowGeo {
         w: b.w,
         c,
@@ -191,7 +221,7 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
             for blk in 0..blocks {
                 let blk_ring = &mut ring[blk * 3 * row_bytes..(blk + 1) * 3 * row_bytes];
                 let dst = &mut blk_ring[slot * row_bytes..(slot + 1) * row_bytes];
-                let src = ((img * b.h + iy) * b.w) * c + blk * CB;
+                let src = ((img * b.h + iy) * b.w) * c + block(c, blk).0;
                 let mask = block_mask(c, blk);
                 let f = fold(c, blk);
                 let kow = ow.div_ceil(f);
@@ -206,7 +236,9 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
             tags[slot] = Some((img, iy));
         }
         for blk in 0..blocks {
-            let cb = blk * CB;
+            // Packed arrays hold 64 permuted entries per block; the output starts at the
+            // block's first channel.
+            let (cb, first) = (blk * CB, block(c, blk).0);
             let mask = block_mask(c, blk);
             let f = fold(c, blk);
             // Outputs per row the kernel computes: a folded block computes `f` per vector.
@@ -217,7 +249,7 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
                 Some(iy) => blk_ring[(iy % 3) * row_bytes..].as_ptr(),
                 None => zero_row.as_ptr(),
             });
-            let orow = (row - b.rows.start) * ow * c + cb;
+            let orow = (row - b.rows.start) * ow * c + first;
             // SAFETY: every array is packed for `blocks` blocks, so the block's 64 permuted
             // biases / multipliers and its two weight sets are in bounds; each of `rows`
             // addresses a quad row of `quads_per_row(kow, sw)` filled quads (ring rows were
@@ -259,7 +291,7 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
 
 /// Block `blk`'s channel mask: its valid channels of 64.
 fn block_mask(c: usize, blk: usize) -> __mmask64 {
-    let n = (c - blk * CB).min(CB);
+    let n = block(c, blk).1;
     if n == CB {
         !0
     } else {
@@ -610,5 +642,39 @@ unsafe fn row_s2<const FLOAT_CLAMP: bool, const F: usize>(
             }
             store::<FLOAT_CLAMP, F>(a, k, o, ox);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The blocks tile `0..c` in order, each within one vector's lanes for its fold, and only
+    /// 33–48-channel tails split.
+    #[test]
+    fn blocks_tile_the_channels() {
+        for c in 1..=400 {
+            let mut next = 0;
+            for blk in 0..blocks(c) {
+                let (start, len) = block(c, blk);
+                assert_eq!(start, next, "c={c} blk={blk}");
+                assert!(
+                    len >= 1 && len * fold(c, blk) <= CB,
+                    "c={c} blk={blk} len={len}"
+                );
+                next = start + len;
+            }
+            assert_eq!(next, c, "c={c}");
+            let tail = c % CB;
+            assert_eq!(
+                blocks(c) - c.div_ceil(CB),
+                usize::from((33..=48).contains(&tail))
+            );
+        }
+        assert_eq!(
+            (blocks(48), block(48, 0), block(48, 1)),
+            (2, (0, 32), (32, 16))
+        );
+        assert_eq!((fold(48, 0), fold(48, 1)), (2, 4));
     }
 }

@@ -89,7 +89,7 @@ pub fn folded_bn_act_forward(
 
 /// [`folded_bn_act_forward`] of the convolution `conv`. With batch statistics on the fast CPU
 /// path a 1×1 or depthwise convolution and the BatchNorm (+ activation) run as one op
-/// ([`prims::conv_bn_act_train_prescaled`]): the same values and gradients, without the
+/// (`prims::conv_bn_act_train_prescaled`): the same values and gradients, without the
 /// convolution's output as an autograd tensor.
 #[allow(clippy::too_many_arguments)]
 pub fn folded_conv_bn_act_forward(

@@ -51,6 +51,7 @@ mod model;
 mod op;
 mod plan;
 mod profile;
+mod thread_policy;
 
 pub use builder::{InputSpec, ModelBuilder, MAX_VALUE_ELEMS};
 pub use error::{Result, RuntimeError};

@@ -5,6 +5,7 @@ use crate::error::op_err;
 use crate::exec::{self, Io, Kernel, StepCtx};
 use crate::op::{Node, Shape, ValueType};
 use crate::plan::{Arena, Kind, Plan};
+use crate::thread_policy;
 use crate::{Result, RuntimeError};
 use qat_core::QParams;
 use qat_kernels::{isa, Isa};
@@ -72,6 +73,8 @@ pub struct QuantizedModel {
     output: usize,
     isa: Isa,
     threads: usize,
+    /// See [`QuantizedModel::with_min_split_ns`].
+    min_split_ns: u64,
     pool: Option<rayon::ThreadPool>,
     arenas: Mutex<Vec<Arena>>,
 }
@@ -174,6 +177,7 @@ impl QuantizedModel {
             output,
             isa,
             threads,
+            min_split_ns: thread_policy::MIN_NS_PER_THREAD,
             pool,
             arenas: Mutex::new(Vec::new()),
         })
@@ -219,6 +223,21 @@ impl QuantizedModel {
     /// Threads per call.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Split an op over more threads only when each takes over at least `ns` nanoseconds of
+    /// its estimated single-thread time (default 10 µs: smaller ops lose more to the
+    /// fork-join than they gain, e.g. every op of a batch-1 28×28 MobileNetV2); `0` splits
+    /// every op over all [`QuantizedModel::threads`]. Results do not depend on it.
+    ///
+    /// ```no_run
+    /// # fn f(m: qat_runtime::QuantizedModel) {
+    /// let m = m.with_min_split_ns(0); // split every op, however small
+    /// # }
+    /// ```
+    pub fn with_min_split_ns(mut self, ns: u64) -> Self {
+        self.min_split_ns = ns;
+        self
     }
 
     /// The kernel each op runs, e.g. `("conv1", "im2col+avx512vnni_gemm_i32_8x48c4")`.
@@ -364,14 +383,35 @@ impl QuantizedModel {
             )));
         }
         let mut arena = self.take_arena(batch)?;
+        // Handing the call to the pool costs a thread switch each way: skip it when no op of
+        // this batch splits (e.g. every op of a batch-1 28×28 MobileNetV2).
         let result = match &self.pool {
-            Some(pool) => {
+            Some(pool) if self.splits_any(batch) => {
                 pool.install(|| self.execute_in(&mut arena, entry, batch, out, trace, seconds))
             }
-            None => self.execute_in(&mut arena, entry, batch, out, trace, seconds),
+            _ => self.execute_in(&mut arena, entry, batch, out, trace, seconds),
         };
         self.give_back(arena);
         result
+    }
+
+    /// Whether any op of a `batch` call (the input quantization too) runs on more than one
+    /// thread; when none does, the call runs on the caller's thread without the pool.
+    fn splits_any(&self, batch: usize) -> bool {
+        let s = self.spec.input.shape;
+        let n_in = batch * s.c * s.h * s.w;
+        thread_policy::elementwise_threads(n_in, self.threads, self.min_split_ns) > 1
+            || self.steps.iter().zip(&self.spec.nodes).any(|(step, node)| {
+                let t = thread_policy::step_threads(
+                    &step.kernel,
+                    node,
+                    step.in_shape,
+                    batch,
+                    self.threads,
+                    self.min_split_ns,
+                );
+                t > 1
+            })
     }
 
     fn take_arena(&self, batch: usize) -> Result<Arena> {
@@ -415,6 +455,7 @@ impl QuantizedModel {
         let (_, in_slot) = self.plan.slot[0];
         let n_in = batch * s.c * s.h * s.w;
         {
+            let threads = thread_policy::elementwise_threads(n_in, threads, self.min_split_ns);
             let dst = &mut arena.u8[in_slot][..n_in];
             match entry {
                 Entry::U8(x) => dst.copy_from_slice(x),
@@ -446,7 +487,14 @@ impl QuantizedModel {
                 in_shape: step.in_shape,
                 batch,
                 isa: self.isa,
-                threads,
+                threads: thread_policy::step_threads(
+                    &step.kernel,
+                    node,
+                    step.in_shape,
+                    batch,
+                    threads,
+                    self.min_split_ns,
+                ),
                 cols: &mut arena.cols,
                 dw_scratch: &mut arena.dw_scratch,
                 pool_sums: &mut arena.pool_sums,

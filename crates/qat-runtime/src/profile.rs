@@ -74,7 +74,7 @@ impl QuantizedModel {
 }
 
 /// MACs of one sample of `op` producing a value of `shape`.
-fn macs_per_sample(op: &Op, shape: crate::Shape) -> u64 {
+pub(crate) fn macs_per_sample(op: &Op, shape: crate::Shape) -> u64 {
     let pixels = (shape.h * shape.w) as u64;
     match op {
         // Weights are `[out][in / groups][kh][kw]`: one MAC per weight per output pixel.

@@ -85,13 +85,17 @@ fn thread_counts_give_identical_outputs() {
     );
     let want = one.run_traced(&x, n).unwrap();
     for threads in [2, 3] {
-        let m = build_small(&s, ModelOptions { isa: None, threads });
-        assert_eq!(m.threads(), threads);
-        assert_eq!(
-            m.run_traced(&x, n).unwrap(),
-            want,
-            "{threads} threads differ"
-        );
+        // Split every op (the default keeps ops this small on one thread), and the default.
+        for min_split_ns in [0, 10_000] {
+            let m = build_small(&s, ModelOptions { isa: None, threads })
+                .with_min_split_ns(min_split_ns);
+            assert_eq!(m.threads(), threads);
+            assert_eq!(
+                m.run_traced(&x, n).unwrap(),
+                want,
+                "{threads} threads (min split {min_split_ns} ns) differ"
+            );
+        }
     }
 }
 

@@ -156,8 +156,10 @@ fn model_of_every_op(threads: usize) -> QuantizedModel {
     )
     .unwrap();
     b.dequantize("y", "fc").unwrap();
+    // Every op splits at 2 threads (the default would keep ops this small on one thread).
     b.build_with("y", ModelOptions { isa: None, threads })
         .unwrap()
+        .with_min_split_ns(0)
 }
 
 fn check_repeated_calls(threads: usize) {

@@ -225,10 +225,11 @@ impl QuantizedModel {
         self.threads
     }
 
-    /// Split an op over more threads only when each takes over at least `ns` nanoseconds of
-    /// its estimated single-thread time (default 10 µs: smaller ops lose more to the
-    /// fork-join than they gain, e.g. every op of a batch-1 28×28 MobileNetV2); `0` splits
-    /// every op over all [`QuantizedModel::threads`]. Results do not depend on it.
+    /// Run a call on the pool (every op split over all [`QuantizedModel::threads`]) only when
+    /// at least one of its ops would give each thread `ns` nanoseconds or more of its
+    /// estimated single-thread time (default 10 µs); else on the calling thread alone, since
+    /// smaller ops lose more to the fork-join than they gain (every op of a batch-1 28×28
+    /// MobileNetV2). `0` always uses the pool. Results do not depend on it.
     ///
     /// ```no_run
     /// # fn f(m: qat_runtime::QuantizedModel) {
@@ -384,12 +385,15 @@ impl QuantizedModel {
         }
         let mut arena = self.take_arena(batch)?;
         // Handing the call to the pool costs a thread switch each way: skip it when no op of
-        // this batch splits (e.g. every op of a batch-1 28×28 MobileNetV2).
+        // this batch is worth splitting (e.g. every op of a batch-1 28×28 MobileNetV2). When
+        // one is, every op splits: between ops the pool's workers stay awake, and splitting
+        // only the big ops measured slower (waking a parked worker costs more than a small
+        // op gains; 224×224 batch 1 on 2 threads: 1.27 ms splitting all, 1.42 some).
         let result = match &self.pool {
-            Some(pool) if self.splits_any(batch) => {
-                pool.install(|| self.execute_in(&mut arena, entry, batch, out, trace, seconds))
-            }
-            _ => self.execute_in(&mut arena, entry, batch, out, trace, seconds),
+            Some(pool) if self.splits_any(batch) => pool.install(|| {
+                self.execute_in(&mut arena, entry, batch, self.threads, out, trace, seconds)
+            }),
+            _ => self.execute_in(&mut arena, entry, batch, 1, out, trace, seconds),
         };
         self.give_back(arena);
         result
@@ -441,21 +445,23 @@ impl QuantizedModel {
         arenas.iter().map(Arena::bytes).sum()
     }
 
+    // The two optional sinks (trace, per-op seconds) and the run's shape are separate
+    // arguments on purpose: a struct for them would be built per call on the hot path.
+    #[allow(clippy::too_many_arguments)]
     fn execute_in(
         &self,
         arena: &mut Arena,
         entry: Entry<'_>,
         batch: usize,
+        threads: usize,
         out: &mut [f32],
         mut trace: Option<&mut Vec<TracedValue>>,
         mut seconds: Option<&mut [f64]>,
     ) -> Result<()> {
-        let threads = self.threads;
         let s = self.spec.input.shape;
         let (_, in_slot) = self.plan.slot[0];
         let n_in = batch * s.c * s.h * s.w;
         {
-            let threads = thread_policy::elementwise_threads(n_in, threads, self.min_split_ns);
             let dst = &mut arena.u8[in_slot][..n_in];
             match entry {
                 Entry::U8(x) => dst.copy_from_slice(x),
@@ -487,14 +493,7 @@ impl QuantizedModel {
                 in_shape: step.in_shape,
                 batch,
                 isa: self.isa,
-                threads: thread_policy::step_threads(
-                    &step.kernel,
-                    node,
-                    step.in_shape,
-                    batch,
-                    threads,
-                    self.min_split_ns,
-                ),
+                threads,
                 cols: &mut arena.cols,
                 dw_scratch: &mut arena.dw_scratch,
                 pool_sums: &mut arena.pool_sums,

@@ -9,7 +9,9 @@
 //! host 0.172 vs 0.213–0.227 ms). At batch 32 the smallest op is 30 µs and 2 threads nearly
 //! halve the model (5.45 → 2.97 ms). So an op gets one thread per [`MIN_NS_PER_THREAD`]
 //! (or the model's `with_min_split_ns`) of estimated single-thread time, from per-kernel
-//! throughputs measured in the same runs.
+//! throughputs measured in the same runs. The model uses that per call: when any op of a
+//! call would split, every op does (waking a parked worker for the big ops only measured
+//! slower than keeping the pool busy); when none would, the call runs on the caller's thread.
 
 use crate::exec::Kernel;
 use crate::op::Node;

@@ -7,6 +7,7 @@ pub mod conv;
 pub mod dwconv;
 pub mod elementwise;
 pub mod error;
+mod fold;
 pub mod gemm;
 pub mod isa;
 #[cfg(target_arch = "x86_64")]

@@ -23,6 +23,7 @@ mod x86_64_stem;
 
 use super::Conv2dGeometry;
 use crate::error::{check_len, check_scale, check_zero_point, KernelError, Result};
+use crate::fold::fold_channels;
 use crate::Activation;
 use qat_core::QParams;
 use rayon::prelude::*;
@@ -135,27 +136,15 @@ impl StemConv {
         check_scale("output scale", output.scale)?;
         check_zero_point("input zero point", input.zero_point, 0, 255)?;
         check_zero_point("output zero point", output.zero_point, 0, 255)?;
-        let mut folded_bias = Vec::with_capacity(c_out);
-        let mut multiplier = Vec::with_capacity(c_out);
-        let mut fits_i32 = true;
-        for oc in 0..c_out {
-            check_scale("weight scale", weight_scales[oc])?;
-            let w = &weights[oc * c_in * taps..(oc + 1) * c_in * taps];
-            let sum: i32 = w.iter().map(|&v| v as i32).sum();
-            let b = bias.map_or(0, |b| b[oc]);
-            let fb = b.wrapping_sub(input.zero_point.wrapping_mul(sum));
-            let m = qat_core::requant_multiplier(input.scale, weight_scales[oc], output.scale);
-            if !(m.is_finite() && m > 0.0) {
-                return Err(KernelError::Scale {
-                    what: "requantization multiplier in_scale·w_scale/out_scale",
-                    value: m,
-                });
-            }
-            let abs_w: i64 = w.iter().map(|&v| (v as i64).abs()).sum();
-            fits_i32 &= crate::gemm::products_fit_i32(fb, abs_w, m);
-            folded_bias.push(fb);
-            multiplier.push(m);
-        }
+        let folded = fold_channels(
+            weights,
+            c_in * taps,
+            bias,
+            input,
+            weight_scales,
+            output.scale,
+        )?;
+        let (folded_bias, multiplier, fits_i32) = (folded.bias, folded.multiplier, folded.fits_i32);
         let (qmin, qmax) = activation.bounds(output);
         let mut conv = StemConv {
             c_in,

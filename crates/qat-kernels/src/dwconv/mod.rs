@@ -60,6 +60,7 @@ mod x86_64_quad;
 
 use crate::conv::Conv2dGeometry;
 use crate::error::{check_isa, check_len, check_scale, check_zero_point, KernelError, Result};
+use crate::fold::fold_channels;
 use crate::{Activation, Isa};
 use qat_core::QParams;
 use rayon::prelude::*;
@@ -189,31 +190,25 @@ impl DwConv {
         }
         let cp = channels.div_ceil(BLOCK) * BLOCK;
         let mut packed_weights = vec![0i16; taps * cp];
-        let mut packed_bias = vec![0i32; cp];
-        let mut multiplier = vec![0f32; cp];
         for c in 0..channels {
-            let mut sum_w = 0i32;
             for t in 0..taps {
-                let w = weights[c * taps + t];
-                packed_weights[t * cp + c] = w as i16;
-                sum_w += w as i32;
+                packed_weights[t * cp + c] = weights[c * taps + t] as i16;
             }
-            packed_bias[c] = bias[c].wrapping_sub(input.zero_point.wrapping_mul(sum_w));
-            let m = qat_core::requant_multiplier(input.scale, weight_scales[c], output.scale);
-            if !(m.is_finite() && m > 0.0) {
-                return Err(KernelError::Scale {
-                    what: "requantization multiplier in_scale·w_scale/out_scale",
-                    value: m,
-                });
-            }
-            multiplier[c] = m;
         }
+        let folded = fold_channels(
+            weights,
+            taps,
+            Some(bias),
+            input,
+            weight_scales,
+            output.scale,
+        )?;
+        let fits_i32 = folded.fits_i32;
+        let mut packed_bias = folded.bias;
+        packed_bias.resize(cp, 0);
+        let mut multiplier = folded.multiplier;
+        multiplier.resize(cp, 0.0);
         let (qmin, qmax) = activation.bounds(output);
-        let fits_i32 = (0..channels).all(|c| {
-            let w = &weights[c * taps..(c + 1) * taps];
-            let abs_w: i64 = w.iter().map(|&x| (x as i64).abs()).sum();
-            crate::gemm::products_fit_i32(packed_bias[c], abs_w, multiplier[c])
-        });
         let dw3x3 = Self::dw3x3_geometry(&geometry);
         #[cfg(target_arch = "x86_64")]
         let (dw3x3_weights, dw3x3_bias, dw3x3_mult) = if dw3x3 {

@@ -131,6 +131,21 @@ fn convert_refuses_non_finite_weights_and_bn_statistics() {
 }
 
 #[test]
+fn convert_refuses_non_finite_float_island_parameters() {
+    // The float path reads its parameters through the same check as the quantized one.
+    let qc = QConfig::default_qat().with_name("fc", None);
+    let q = trained(false, &qc);
+    assert!(convert(&q).is_ok());
+    for (param, idx, v) in [("weight", 5, f32::NAN), ("bias", 1, f32::NEG_INFINITY)] {
+        let q = trained(false, &qc);
+        set(&q, &format!("fc.{param}"), idx, v);
+        let e = err(&q);
+        let want = format!("node `fc`: {param} [{idx}] = {v} is not finite");
+        assert!(e.contains(&want), "{e}");
+    }
+}
+
+#[test]
 fn convert_refits_or_refuses_asymmetric_weights() {
     // quint8 per-tensor affine weights: zero point near 128, integers q - zp up to ±255.
     let act = QConfig::default_qat().global().unwrap().activation;

@@ -48,6 +48,7 @@
 //! ```
 
 pub mod lower;
+mod params;
 pub mod plan;
 mod tensor;
 pub(crate) mod weighted;

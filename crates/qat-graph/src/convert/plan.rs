@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use candle_core::DType;
 use qat_core::QParams;
 use qat_runtime::{Activation, Bias, Conv2dParams, LinearParams, ModelBuilder, Shape};
 
 use crate::convert::lower::{
     lower_node_with, ActQ, LowerOptions, Lowered, LoweredWeighted, WeightedKind,
 };
+use crate::convert::params::read;
 use crate::error::{GraphError, Result};
 use crate::ir::{Act, FusedBn, NodeId, Op};
 use crate::qat::QatGraph;
@@ -341,30 +341,6 @@ fn pre_name(n: &str, relu: bool) -> String {
     }
 }
 
-fn read(qat: &QatGraph, name: &str) -> Result<Vec<f32>> {
-    let vars = qat
-        .module()
-        .varmap()
-        .data()
-        .lock()
-        .map_err(|_| GraphError::Graph("VarMap lock poisoned".into()))?;
-    let v = vars
-        .get(name)
-        .ok_or_else(|| GraphError::node(name, "parameter missing from the VarMap"))?;
-    let v = v
-        .as_tensor()
-        .flatten_all()?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?;
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(GraphError::node(
-            name,
-            format!("[{i}] = {} is not finite", v[i]),
-        ));
-    }
-    Ok(v)
-}
-
 /// The f32 weight `[out][in]` and bias of a float Linear / 1×1 Conv, a BN folded in (eval,
 /// running statistics, f32).
 fn float_params(
@@ -374,14 +350,14 @@ fn float_params(
     has_bias: bool,
     bn: Option<&FusedBn>,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-    let mut w = read(qat, &format!("{n}.weight"))?;
+    let mut w = read(qat, n, "weight")?;
     let b = if has_bias {
-        Some(read(qat, &format!("{n}.bias"))?)
+        Some(read(qat, n, "bias")?)
     } else {
         None
     };
     let Some(bn) = bn else { return Ok((w, b)) };
-    let get = |s: &str| read(qat, &format!("{}.{s}", bn.name));
+    let get = |s: &str| read(qat, &bn.name, s);
     let (gamma, beta) = (get("weight")?, get("bias")?);
     let (mean, var) = (get("running_mean")?, get("running_var")?);
     let k = w.len() / out;

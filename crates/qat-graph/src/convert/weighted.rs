@@ -4,11 +4,12 @@
 //! (`qat::bias`), and it must be bit-identical to what `convert` computes, so both run the
 //! same steps.
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::Tensor;
 use qat_core::QScheme;
 
 use super::lower::{act_q, check_fake_quant, value_q, ActQ, AsymmetricWeights, LowerOptions};
 use super::lower::{LoweredWeighted, WeightedKind};
+use super::params::{finite, read, to_vec, var};
 use crate::error::{GraphError, Result};
 use crate::ir::{Act, FusedBn, NodeId, Op};
 use crate::qat::{FqModule, QatGraph};
@@ -81,40 +82,12 @@ fn parts<'a>(qat: &'a QatGraph, id: NodeId) -> Result<Parts<'a>> {
     })
 }
 
-fn var(qat: &QatGraph, name: &str) -> Result<Var> {
-    let vars = qat
-        .module()
-        .varmap()
-        .data()
-        .lock()
-        .map_err(|_| GraphError::Graph("VarMap lock poisoned".into()))?;
-    vars.get(name)
-        .cloned()
-        .ok_or_else(|| GraphError::node(name, "parameter missing from the VarMap"))
-}
-
-fn finite(name: &str, what: &str, v: &[f32]) -> Result<()> {
-    match v.iter().position(|x| !x.is_finite()) {
-        Some(i) => Err(GraphError::node(
-            name,
-            format!("{what} [{i}] = {} is not finite", v[i]),
-        )),
-        None => Ok(()),
-    }
-}
-
-fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-}
-
 /// The BN fold with the running statistics: `sf = gamma / sqrt(running_var + eps)` (the
 /// tensor ops of `folded_bn_forward`, so the weight scaled by it is bit-identical to the
 /// one the QAT forward quantizes; `None` without BN) and the folded float bias.
 fn fold(qat: &QatGraph, p: &Parts) -> Result<(Option<Tensor>, Option<Vec<f32>>)> {
     let b = if p.has_bias {
-        let b = to_vec(var(qat, &format!("{}.bias", p.name))?.as_tensor())?;
-        finite(p.name, "bias", &b)?;
-        Some(b)
+        Some(read(qat, p.name, "bias")?)
     } else {
         None
     };

@@ -147,6 +147,42 @@ fn every_epilogue() {
     }
 }
 
+/// The AVX-512 epilogue leaves out the zero-point add, the `qmin` max and the `qmax` min when
+/// no column needs them (zero point 0, `qmin` 0, `qmax` 255): every combination of the three,
+/// needed by one column only (the last, or the first of the last panel) or by all, for one,
+/// two and three vectors per row, with and without the float clamp (huge multipliers).
+#[test]
+fn byte_steps_skipped_only_when_identities() {
+    for isa in isas("byte_steps_skipped_only_when_identities") {
+        for n in [5, 16, 29, 48, 61, 97] {
+            let base = Problem::random(19, 24, n, 1, 40 + n as u64);
+            let acc = base.reference_i32();
+            let max = acc.iter().map(|&v| (v as i64).abs()).max().unwrap() as f32;
+            for steps in 0..8u32 {
+                for one_column in [n - 1, (n - 1) / 48 * 48, usize::MAX] {
+                    for multiplier in [255.0 / max, 1.0e9] {
+                        let mut p = base.clone();
+                        p.requant = (0..n)
+                            .map(|j| {
+                                let needed = one_column == usize::MAX || j == one_column;
+                                let on = |bit: u32| needed && steps & bit != 0;
+                                let zero_point = if on(1) { 60 } else { 0 };
+                                Requant {
+                                    multiplier,
+                                    zero_point,
+                                    qmin: if on(2) { zero_point + 7 } else { 0 },
+                                    qmax: if on(4) { 200 } else { 255 },
+                                }
+                            })
+                            .collect();
+                        p.check(isa, 1);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Multipliers so large that `f32(acc) · m` leaves the i32 range (even reaches ±∞) in both
 /// directions: the float upper clamp and the saturating narrowing must still give exactly
 /// `qmin` / `qmax`, on every ISA and for every column count (one, two and three vectors).

@@ -95,6 +95,7 @@ fn run_rect(g: &PackedGemm, s: Shared, lda: usize, rows: Range<usize>, panels: R
                     hi: g.hi[c0..].as_ptr(),
                     requant: g.requant[c0..].as_ptr(),
                     fits_i32: g.fits_i32,
+                    packs_only: g.packs_only,
                     out,
                 };
                 // SAFETY: the caller validated that A holds `m` rows of `lda ≥ k` bytes and the

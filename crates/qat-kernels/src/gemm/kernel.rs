@@ -59,8 +59,20 @@ pub(crate) struct Tile {
     /// ([`super::products_fit_i32`]): u8 epilogues may clamp after converting.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fits_i32: bool,
+    /// Every column has zero point 0, `qmin` 0 and `qmax` 255 ([`packs_only`]).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub packs_only: bool,
     /// Output position of the tile's (0, 0) element.
     pub out: Out,
+}
+
+/// Whether every column's u8 requantization has zero point 0, `qmin` 0 and `qmax` 255 (a
+/// ReLU / ReLU6 output with zero point 0): the saturating packs of an AVX-512 u8 epilogue are
+/// then the whole clamp, and its zero-point add and byte `max` / `min` are identities.
+pub(crate) fn packs_only(requant: &[qat_core::Requant]) -> bool {
+    requant
+        .iter()
+        .all(|r| r.zero_point == 0 && r.qmin == 0 && r.qmax == 255)
 }
 
 impl Tile {

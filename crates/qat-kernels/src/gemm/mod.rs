@@ -80,6 +80,8 @@ pub struct PackedGemm {
     /// Every column's `|f32(acc) · multiplier|` stays below 2³¹ for any input (see
     /// [`products_fit_i32`]): the u8 epilogues may then skip the float upper clamp.
     fits_i32: bool,
+    /// The u8 epilogue needs only its packs as the clamp (see [`kernel::packs_only`]).
+    packs_only: bool,
 }
 
 impl std::fmt::Debug for PackedGemm {
@@ -216,6 +218,7 @@ impl PackedGemm {
             let abs_w: i64 = w.iter().map(|&x| (x as i64).abs()).sum();
             products_fit_i32(packed_bias[j], abs_w, requant_cols[j].multiplier)
         });
+        let packs_only = kernel::packs_only(&requant_cols);
         Ok(PackedGemm {
             desc,
             n,
@@ -229,6 +232,7 @@ impl PackedGemm {
             hi,
             requant: requant_cols,
             fits_i32,
+            packs_only,
         })
     }
 

@@ -113,30 +113,42 @@ unsafe fn tile<const R: usize, const C: usize>(t: &Tile) {
             // One or two vectors per row: pack 4 / C rows together (see `store_rows`).
             let e = U8Epilogue::<C>::new_rows(t);
             let per = 4 / C;
-            let mut r0 = 0;
-            while r0 < R {
-                let rows = (R - r0).min(per);
-                // Slot j holds row r0 + j / C (the last row repeated past R), vector j % C.
-                let v = std::array::from_fn(|j| acc[(r0 + j / C).min(R - 1)][j % C]);
-                let dst = ptr.add(r0 * ldc);
-                if t.fits_i32 {
-                    e.store_rows::<false>(v, dst, ldc, rows);
-                } else {
-                    e.store_rows::<true>(v, dst, ldc, rows);
-                }
-                r0 += rows;
+            // One loop per epilogue variant, so each stays branch-free and unrolled.
+            macro_rules! rows {
+                ($float_clamp:literal, $packs_only:literal) => {{
+                    let mut r0 = 0;
+                    while r0 < R {
+                        let rows = (R - r0).min(per);
+                        // Slot j holds row r0 + j / C (the last row repeated past R), vector
+                        // j % C.
+                        let v = std::array::from_fn(|j| acc[(r0 + j / C).min(R - 1)][j % C]);
+                        let dst = ptr.add(r0 * ldc);
+                        e.store_rows::<$float_clamp, $packs_only>(v, dst, ldc, rows);
+                        r0 += rows;
+                    }
+                }};
+            }
+            match (t.fits_i32, t.packs_only) {
+                (true, true) => rows!(false, true),
+                (true, false) => rows!(false, false),
+                (false, true) => rows!(true, true),
+                (false, false) => rows!(true, false),
             }
         }
         Out::U8 { ptr, ldc } => {
             let e = U8Epilogue::<C>::new(t);
-            if t.fits_i32 {
-                for (r, acc_r) in acc.iter().enumerate() {
-                    e.store::<false>(acc_r, ptr.add(r * ldc));
-                }
-            } else {
-                for (r, acc_r) in acc.iter().enumerate() {
-                    e.store::<true>(acc_r, ptr.add(r * ldc));
-                }
+            macro_rules! rows {
+                ($float_clamp:literal, $packs_only:literal) => {
+                    for (r, acc_r) in acc.iter().enumerate() {
+                        e.store::<$float_clamp, $packs_only>(acc_r, ptr.add(r * ldc));
+                    }
+                };
+            }
+            match (t.fits_i32, t.packs_only) {
+                (true, true) => rows!(false, true),
+                (true, false) => rows!(false, false),
+                (false, true) => rows!(true, true),
+                (false, false) => rows!(true, false),
             }
         }
     }
@@ -160,6 +172,10 @@ unsafe fn tile<const R: usize, const C: usize>(t: &Tile) {
 /// packs: `vcvtps2dq` then converts every lane exactly, a lane above `hi` rounds to at least
 /// `hi` (an integer), and the monotone saturating packs keep it at or above `qmax`, which the
 /// byte `min` restores; lanes in range pass the packs unchanged as before.
+///
+/// The zero-point add and the byte clamps are skipped when they are identities for every
+/// column of the GEMM (`Tile::packs_only`): three or four of a row's ~17 epilogue
+/// instructions on the usual ReLU6 outputs.
 ///
 /// With one or two vectors per row, [`U8Epilogue::store_rows`] packs the vectors of 4 / C
 /// rows together instead of repeating one row's vectors: fewer packs per output byte.
@@ -231,6 +247,33 @@ impl<const C: usize> U8Epilogue<C> {
         }
     }
 
+    /// The packs and byte clamps of four converted vectors (in the packed, per-128-bit-lane
+    /// order): `vpackssdw`, `+ zp`, `vpackuswb`, `max qmin`, and `min qmax` when the float
+    /// clamp was skipped. `PACKS_ONLY` (only when the tile's `packs_only` holds: every column
+    /// has zero point 0, `qmin` 0 and `qmax` 255, the usual ReLU / ReLU6 output) leaves out the
+    /// add and both byte clamps, which are identities then: the packs' saturation at 0 and 255
+    /// is the clamp.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn to_bytes<const FLOAT_CLAMP: bool, const PACKS_ONLY: bool>(
+        &self,
+        q: [__m512i; 4],
+    ) -> __m512i {
+        let w01 = _mm512_packs_epi32(q[0], q[1]);
+        let w23 = _mm512_packs_epi32(q[2], q[3]);
+        if PACKS_ONLY {
+            return _mm512_packus_epi16(w01, w23);
+        }
+        let w01 = _mm512_adds_epi16(w01, self.zp[0]);
+        let w23 = _mm512_adds_epi16(w23, self.zp[1]);
+        let b = _mm512_max_epu8(_mm512_packus_epi16(w01, w23), self.qmin);
+        if FLOAT_CLAMP {
+            b
+        } else {
+            _mm512_min_epu8(b, self.qmax)
+        }
+    }
+
     /// Requantize one row's `C` accumulator vectors and store its `nc` bytes at `dst`;
     /// `FLOAT_CLAMP = false` only when the tile's `fits_i32` holds.
     ///
@@ -238,7 +281,11 @@ impl<const C: usize> U8Epilogue<C> {
     /// AVX-512F/BW; `dst` is writable for `nc` bytes.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn store<const FLOAT_CLAMP: bool>(&self, acc: &[__m512i; C], dst: *mut u8) {
+    unsafe fn store<const FLOAT_CLAMP: bool, const PACKS_ONLY: bool>(
+        &self,
+        acc: &[__m512i; C],
+        dst: *mut u8,
+    ) {
         let q: [__m512i; C] = std::array::from_fn(|c| {
             let x = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[c]), self.mult[c]);
             if FLOAT_CLAMP {
@@ -248,14 +295,7 @@ impl<const C: usize> U8Epilogue<C> {
             }
         });
         let v = |c: usize| q[c.min(C - 1)];
-        let w01 = _mm512_adds_epi16(_mm512_packs_epi32(v(0), v(1)), self.zp[0]);
-        let w23 = _mm512_adds_epi16(_mm512_packs_epi32(v(2), v(3)), self.zp[1]);
-        let b = _mm512_max_epu8(_mm512_packus_epi16(w01, w23), self.qmin);
-        let b = if FLOAT_CLAMP {
-            b
-        } else {
-            _mm512_min_epu8(b, self.qmax)
-        };
+        let b = self.to_bytes::<FLOAT_CLAMP, PACKS_ONLY>([v(0), v(1), v(2), v(3)]);
         // Lane L dword j holds columns 16j + 4L .. 16j + 4L + 4: gather them back in order.
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         // SAFETY: masked to the row's `nc` valid columns (caller).
@@ -272,7 +312,7 @@ impl<const C: usize> U8Epilogue<C> {
     /// AVX-512F/BW/VL; `C ≤ 2`; rows `0..rows` are writable for `nc` bytes at `dst + i·ldc`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn store_rows<const FLOAT_CLAMP: bool>(
+    unsafe fn store_rows<const FLOAT_CLAMP: bool, const PACKS_ONLY: bool>(
         &self,
         v: [__m512i; 4],
         dst: *mut u8,
@@ -287,14 +327,7 @@ impl<const C: usize> U8Epilogue<C> {
                 _mm512_cvtps_epi32(x)
             }
         });
-        let w01 = _mm512_adds_epi16(_mm512_packs_epi32(q[0], q[1]), self.zp[0]);
-        let w23 = _mm512_adds_epi16(_mm512_packs_epi32(q[2], q[3]), self.zp[1]);
-        let b = _mm512_max_epu8(_mm512_packus_epi16(w01, w23), self.qmin);
-        let b = if FLOAT_CLAMP {
-            b
-        } else {
-            _mm512_min_epu8(b, self.qmax)
-        };
+        let b = self.to_bytes::<FLOAT_CLAMP, PACKS_ONLY>(q);
         // 128-bit lane j of the result = slot j's 16 columns, in order.
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         let b = _mm512_permutexvar_epi32(order, b);

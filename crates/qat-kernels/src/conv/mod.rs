@@ -29,6 +29,7 @@
 //! assert_eq!(y, [4, 6, 4, 6, 9, 6, 4, 6, 4]);
 //! ```
 
+mod checks;
 mod geometry;
 mod im2col;
 mod reference;
@@ -38,11 +39,27 @@ pub use geometry::Conv2dGeometry;
 pub use stem::StemConv;
 
 use crate::dwconv::DwConv;
-use crate::error::{check_len, check_scale, check_zero_point, KernelError, Result};
+use crate::error::{check_scale, KernelError, Result};
 use crate::gemm::PackedGemm;
 use crate::{Activation, Isa};
+use checks::{Names, Operands, Run};
 use im2col::{im2col, Im2colInput};
 use qat_core::{QParams, Requant};
+
+/// What [`Conv2d`]'s errors call its operands.
+const NAMES: Names = Names {
+    weights: "conv weights [C_out][C_in/groups][kh][kw]",
+    weight_scales: "conv weight scales",
+    bias: "conv bias",
+    input_scale: "conv input scale",
+    output_scale: "conv output scale",
+    input_zero_point: "conv input",
+    output_zero_point: "conv output",
+    batch_zero: "conv batch is 0",
+    size_overflow: "conv input size overflows usize",
+    input: "conv input NHWC",
+    output: "conv output NHWC",
+};
 
 /// How a [`Conv2d`] runs.
 #[derive(Debug, Clone)]
@@ -109,19 +126,16 @@ impl Conv2d {
         }
         let (cg, og) = (in_channels / groups, out_channels / groups);
         let taps = geometry.taps();
-        check_len(
-            "conv weights [C_out][C_in/groups][kh][kw]",
-            out_channels * cg * taps,
-            weights.len(),
-        )?;
-        check_len("conv weight scales", out_channels, weight_scales.len())?;
-        if let Some(b) = bias {
-            check_len("conv bias", out_channels, b.len())?;
-        }
-        check_scale("conv input scale", input.scale)?;
-        check_scale("conv output scale", output.scale)?;
-        check_zero_point("conv input", input.zero_point, 0, 255)?;
-        check_zero_point("conv output", output.zero_point, 0, 255)?;
+        let operands = Operands {
+            expected_weights: out_channels * cg * taps,
+            c_out: out_channels,
+            weights,
+            weight_scales,
+            bias,
+            input,
+            output,
+        };
+        checks::check_operands(&NAMES, &operands)?;
         for &s in weight_scales {
             check_scale("conv weight scale", s)?;
         }
@@ -222,22 +236,14 @@ impl Conv2d {
         w: usize,
         out: &[u8],
     ) -> Result<(usize, usize)> {
-        if n == 0 {
-            return Err(KernelError::Shape("conv batch is 0".into()));
-        }
-        let (oh, ow) = self.output_hw(h, w)?;
-        let in_len = n
-            .checked_mul(h)
-            .and_then(|v| v.checked_mul(w))
-            .and_then(|v| v.checked_mul(self.in_channels))
-            .ok_or_else(|| KernelError::Shape("conv input size overflows usize".into()))?;
-        check_len("conv input NHWC", in_len, input.len())?;
-        check_len(
-            "conv output NHWC",
-            n * oh * ow * self.out_channels,
-            out.len(),
-        )?;
-        Ok((oh, ow))
+        let run = Run {
+            n,
+            h,
+            w,
+            c_in: self.in_channels,
+            c_out: self.out_channels,
+        };
+        checks::check_run(&NAMES, &self.geometry, &run, input.len(), out.len())
     }
 
     /// Run on NHWC `input` `[n][h][w][C_in]` into `out` `[n][oh][ow][C_out]`, on `threads`

@@ -21,8 +21,9 @@
 #[path = "x86_64_stem.rs"]
 mod x86_64_stem;
 
+use super::checks::{check_operands, check_run, Names, Operands, Run};
 use super::Conv2dGeometry;
-use crate::error::{check_len, check_scale, check_zero_point, KernelError, Result};
+use crate::error::{KernelError, Result};
 use crate::fold::fold_channels;
 use crate::Activation;
 use qat_core::QParams;
@@ -36,6 +37,21 @@ const MAX_KH: usize = 8;
 
 /// Scratch regions start on a cache line.
 const ALIGN: usize = 64;
+
+/// What [`StemConv`]'s errors call its operands.
+const NAMES: Names = Names {
+    weights: "stem weights [C_out][C_in][kh][kw]",
+    weight_scales: "stem weight scales",
+    bias: "stem bias",
+    input_scale: "input scale",
+    output_scale: "output scale",
+    input_zero_point: "input zero point",
+    output_zero_point: "output zero point",
+    batch_zero: "stem conv batch is 0",
+    size_overflow: "input size overflows usize",
+    input: "stem input NHWC",
+    output: "stem output NHWC",
+};
 
 /// A dense (groups 1) convolution over few input channels, packed once.
 #[derive(Debug, Clone)]
@@ -123,19 +139,16 @@ impl StemConv {
             ));
         }
         let taps = geometry.taps();
-        check_len(
-            "stem weights [C_out][C_in][kh][kw]",
-            c_out * c_in * taps,
-            weights.len(),
-        )?;
-        check_len("stem weight scales", c_out, weight_scales.len())?;
-        if let Some(b) = bias {
-            check_len("stem bias", c_out, b.len())?;
-        }
-        check_scale("input scale", input.scale)?;
-        check_scale("output scale", output.scale)?;
-        check_zero_point("input zero point", input.zero_point, 0, 255)?;
-        check_zero_point("output zero point", output.zero_point, 0, 255)?;
+        let operands = Operands {
+            expected_weights: c_out * c_in * taps,
+            c_out,
+            weights,
+            weight_scales,
+            bias,
+            input,
+            output,
+        };
+        check_operands(&NAMES, &operands)?;
         let folded = fold_channels(
             weights,
             c_in * taps,
@@ -294,17 +307,14 @@ impl StemConv {
         threads: usize,
         scratch: &mut [u8],
     ) -> Result<()> {
-        if n == 0 {
-            return Err(KernelError::Shape("stem conv batch is 0".into()));
-        }
-        let (oh, ow) = self.output_hw(h, w)?;
-        let in_len = n
-            .checked_mul(h)
-            .and_then(|v| v.checked_mul(w))
-            .and_then(|v| v.checked_mul(self.c_in))
-            .ok_or_else(|| KernelError::Shape("input size overflows usize".into()))?;
-        check_len("stem input NHWC", in_len, input.len())?;
-        check_len("stem output NHWC", n * oh * ow * self.c_out, output.len())?;
+        let run = Run {
+            n,
+            h,
+            w,
+            c_in: self.c_in,
+            c_out: self.c_out,
+        };
+        let (oh, ow) = check_run(&NAMES, &self.geometry, &run, input.len(), output.len())?;
         let need = self.scratch_len(h, w, threads)?;
         if scratch.len() < need {
             return Err(KernelError::Length {

@@ -2,146 +2,31 @@
 //! against the scalar reference (tolerance 0), the reference against a naive i64 / f64
 //! computation, thread-count invariance, bad inputs.
 
+mod common;
+
+use common::{first_difference, for_each_isa, pool, ConvCase as Case, Draw};
 use qat_core::QParams;
 use qat_kernels::conv::{Conv2d, Conv2dGeometry};
 use qat_kernels::{Activation, Isa, KernelError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-#[derive(Clone)]
-struct Case {
-    n: usize,
-    h: usize,
-    w: usize,
-    ci: usize,
-    co: usize,
-    groups: usize,
-    g: Conv2dGeometry,
-    weights: Vec<i8>,
-    w_scale: Vec<f32>,
-    bias: Option<Vec<i32>>,
-    input_q: QParams,
-    output_q: QParams,
-    act: Activation,
-    x: Vec<u8>,
-}
-
-impl Case {
-    fn conv(&self, isa: Isa) -> Conv2d {
-        Conv2d::new(
-            self.ci,
-            self.co,
-            self.groups,
-            self.g,
-            &self.weights,
-            &self.w_scale,
-            self.bias.as_deref(),
-            self.input_q,
-            self.output_q,
-            self.act,
-            isa,
-        )
-        .unwrap()
-    }
-
-    fn out_len(&self) -> usize {
-        let (oh, ow) = self.g.output_hw(self.h, self.w).unwrap();
-        self.n * oh * ow * self.co
-    }
-
-    fn run(&self, isa: Isa, threads: usize) -> Vec<u8> {
-        let mut y = vec![0u8; self.out_len()];
-        self.conv(isa)
-            .run(&self.x, self.n, self.h, self.w, &mut y, threads)
-            .unwrap();
-        y
-    }
-
-    fn reference(&self) -> Vec<u8> {
-        let mut y = vec![0u8; self.out_len()];
-        self.conv(Isa::Scalar)
-            .run_reference(&self.x, self.n, self.h, self.w, &mut y)
-            .unwrap();
-        y
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "n={} {}x{} ci={} co={} groups={} k={}x{} s={} p={} d={} zp={}/{} {:?}",
-            self.n,
-            self.h,
-            self.w,
-            self.ci,
-            self.co,
-            self.groups,
-            self.g.kernel_h,
-            self.g.kernel_w,
-            self.g.stride_h,
-            self.g.pad_h,
-            self.g.dilation_h,
-            self.input_q.zero_point,
-            self.output_q.zero_point,
-            self.act
-        )
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
+/// A random case of `(C_in, C_out, groups)` on `h × w` images.
 fn make_case(
     rng: &mut StdRng,
-    ci: usize,
-    co: usize,
-    groups: usize,
+    channels: (usize, usize, usize),
     g: Conv2dGeometry,
-    h: usize,
-    w: usize,
+    hw: (usize, usize),
     extreme: bool,
 ) -> Case {
-    let n = rng.gen_range(1..=2);
-    let zp = |rng: &mut StdRng| [0, 255, rng.gen_range(0..=255)][rng.gen_range(0..3)];
-    let k = (ci / groups) * g.taps();
-    let weights = (0..co * k)
-        .map(|_| {
-            if extreme {
-                [-128i8, 127][rng.gen_range(0..2)]
-            } else {
-                rng.gen()
-            }
-        })
-        .collect();
-    let x = (0..n * h * w * ci)
-        .map(|_| {
-            if extreme {
-                [0u8, 255][rng.gen_range(0..2)]
-            } else {
-                rng.gen()
-            }
-        })
-        .collect();
-    Case {
-        n,
-        h,
-        w,
-        ci,
-        co,
-        groups,
-        g,
-        weights,
-        w_scale: (0..co).map(|_| rng.gen_range(0.0005..0.02)).collect(),
-        bias: rng
-            .gen_bool(0.8)
-            .then(|| (0..co).map(|_| rng.gen_range(-30000..30000)).collect()),
-        input_q: QParams {
-            scale: rng.gen_range(0.005..0.05),
-            zero_point: zp(rng),
-        },
-        output_q: QParams {
-            scale: rng.gen_range(0.02..0.5),
-            zero_point: zp(rng),
-        },
-        act: [Activation::None, Activation::Relu, Activation::Relu6][rng.gen_range(0..3)],
-        x,
-    }
+    let draw = Draw {
+        weight_scale: 0.0005..0.02,
+        output_scale: 0.02..0.5,
+        bias: 30000,
+        bias_p: 0.8,
+        extreme,
+    };
+    Case::random(rng, channels, g, hw, &draw)
 }
 
 fn random_case(rng: &mut StdRng, extreme: bool) -> Case {
@@ -164,21 +49,17 @@ fn random_case(rng: &mut StdRng, extreme: bool) -> Case {
     let min_hw = span.saturating_sub(2 * pad).max(1);
     let h = rng.gen_range(min_hw..=min_hw + 8);
     let w = rng.gen_range(min_hw..=min_hw + 8);
-    make_case(rng, ci, co, groups, g, h, w, extreme)
+    make_case(rng, (ci, co, groups), g, (h, w), extreme)
 }
 
 fn check_isas(cases: &[Case]) {
-    for isa in Isa::ALL {
-        if !isa.is_supported() {
-            println!("SKIPPED {isa}: not supported on this CPU");
-            continue;
-        }
+    for_each_isa("conv", |isa| {
         let mut kernels = std::collections::BTreeSet::new();
         for case in cases {
             let want = case.reference();
             let got = case.run(isa, 1);
             kernels.insert(case.conv(isa).kernel_name());
-            if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            if let Some(i) = first_difference(&got, &want) {
                 panic!(
                     "{isa}: {} differs from the reference at {i}: {} vs {}",
                     case.describe(),
@@ -191,7 +72,7 @@ fn check_isas(cases: &[Case]) {
             "{isa}: {} cases equal to the reference; kernels {kernels:?}",
             cases.len()
         );
-    }
+    });
 }
 
 #[test]
@@ -207,23 +88,23 @@ fn stem_1x1_depthwise_and_tiny_inputs() {
     let sq = Conv2dGeometry::square;
     let cases = vec![
         // The 3-channel stem: K = 27.
-        make_case(&mut rng, 3, 16, 1, sq(3, 2, 1), 17, 15, false),
-        make_case(&mut rng, 3, 32, 1, sq(3, 2, 1), 9, 11, true),
+        make_case(&mut rng, (3, 16, 1), sq(3, 2, 1), (17, 15), false),
+        make_case(&mut rng, (3, 32, 1), sq(3, 2, 1), (9, 11), true),
         // 1×1 straight over pixels, with groups too.
-        make_case(&mut rng, 24, 40, 1, sq(1, 1, 0), 9, 11, false),
-        make_case(&mut rng, 16, 8, 4, sq(1, 1, 0), 5, 3, false),
+        make_case(&mut rng, (24, 40, 1), sq(1, 1, 0), (9, 11), false),
+        make_case(&mut rng, (16, 8, 4), sq(1, 1, 0), (5, 3), false),
         // 1×1 stride 2 goes through im2col.
-        make_case(&mut rng, 17, 9, 1, sq(1, 2, 0), 7, 7, false),
+        make_case(&mut rng, (17, 9, 1), sq(1, 2, 0), (7, 7), false),
         // Depthwise routes to the direct kernel (also a 7×7 one, which runs scalar).
-        make_case(&mut rng, 33, 33, 33, sq(3, 2, 1), 9, 8, false),
-        make_case(&mut rng, 17, 17, 17, sq(5, 1, 2), 6, 7, true),
-        make_case(&mut rng, 5, 5, 5, sq(7, 1, 3), 4, 4, false),
+        make_case(&mut rng, (33, 33, 33), sq(3, 2, 1), (9, 8), false),
+        make_case(&mut rng, (17, 17, 17), sq(5, 1, 2), (6, 7), true),
+        make_case(&mut rng, (5, 5, 5), sq(7, 1, 3), (4, 4), false),
         // Channel multiplier 2: grouped GEMM.
-        make_case(&mut rng, 4, 8, 4, sq(3, 1, 1), 5, 5, false),
+        make_case(&mut rng, (4, 8, 4), sq(3, 1, 1), (5, 5), false),
         // Tiny spatial sizes.
-        make_case(&mut rng, 8, 8, 1, sq(3, 1, 1), 1, 1, false),
-        make_case(&mut rng, 8, 5, 1, sq(3, 1, 1), 2, 2, true),
-        make_case(&mut rng, 3, 4, 1, sq(3, 2, 1), 2, 2, false),
+        make_case(&mut rng, (8, 8, 1), sq(3, 1, 1), (1, 1), false),
+        make_case(&mut rng, (8, 5, 1), sq(3, 1, 1), (2, 2), true),
+        make_case(&mut rng, (3, 4, 1), sq(3, 2, 1), (2, 2), false),
     ];
     check_isas(&cases);
 }
@@ -304,15 +185,24 @@ fn reference_matches_naive_definition() {
 
 #[test]
 fn results_do_not_depend_on_thread_count() {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
+    let pool = pool(3);
     let mut rng = StdRng::seed_from_u64(23);
     let sq = Conv2dGeometry::square;
     let mut cases: Vec<Case> = (0..8).map(|_| random_case(&mut rng, false)).collect();
-    cases.push(make_case(&mut rng, 3, 16, 1, sq(3, 2, 1), 31, 29, false));
-    cases.push(make_case(&mut rng, 32, 48, 1, sq(1, 1, 0), 23, 21, false));
+    cases.push(make_case(
+        &mut rng,
+        (3, 16, 1),
+        sq(3, 2, 1),
+        (31, 29),
+        false,
+    ));
+    cases.push(make_case(
+        &mut rng,
+        (32, 48, 1),
+        sq(1, 1, 0),
+        (23, 21),
+        false,
+    ));
     for case in &cases {
         for isa in Isa::supported() {
             let one = case.run(isa, 1);

@@ -3,6 +3,9 @@
 //! strides, paddings 0–2, zero points at the extremes, 1–3 threads; scratch reuse and a short
 //! scratch as an error.
 
+mod common;
+
+use common::{pool, random_bytes, random_weights, ACTS};
 use qat_core::QParams;
 use qat_kernels::conv::Conv2dGeometry;
 use qat_kernels::dwconv::DwConv;
@@ -30,15 +33,7 @@ fn layer(
     extreme: bool,
 ) -> Layer {
     let taps = g.taps();
-    let weights: Vec<i8> = (0..c * taps)
-        .map(|_| {
-            if extreme {
-                [-128i8, 127][rng.gen_range(0..2)]
-            } else {
-                rng.gen()
-            }
-        })
-        .collect();
+    let weights = random_weights(rng, c * taps, extreme);
     let scales: Vec<f32> = (0..c).map(|_| rng.gen_range(0.001..0.05)).collect();
     let bias: Vec<i32> = (0..c).map(|_| rng.gen_range(-20000..20000)).collect();
     let input = QParams {
@@ -51,15 +46,7 @@ fn layer(
     };
     let dw = DwConv::new(c, g, &weights, &scales, &bias, input, output, act).unwrap();
     let n = rng.gen_range(1..=2);
-    let x = (0..n * h * w * c)
-        .map(|_| {
-            if extreme {
-                [0u8, 255][rng.gen_range(0..2)]
-            } else {
-                rng.gen()
-            }
-        })
-        .collect();
+    let x = random_bytes(rng, n * h * w * c, extreme);
     Layer { dw, n, h, w, x }
 }
 
@@ -77,10 +64,7 @@ fn run(l: &Layer, isa: Isa, threads: usize, scratch: &mut Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn every_variant_equals_scalar_with_caller_scratch() {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
+    let pool = pool(3);
     let mut rng = StdRng::seed_from_u64(31);
     let mut ran = std::collections::BTreeMap::<&str, usize>::new();
     // One scratch reused across every call: stale contents must not leak into results.
@@ -93,7 +77,7 @@ fn every_variant_equals_scalar_with_caller_scratch() {
             for pad in 0..=2 {
                 let extreme = (i + stride + pad) % 3 == 0;
                 let zps = [(0, 255), (255, 0), (128, 3)][(i + pad) % 3];
-                let act = [Activation::None, Activation::Relu, Activation::Relu6][(i + stride) % 3];
+                let act = ACTS[(i + stride) % 3];
                 let h = rng.gen_range(1..=9).max(3usize.saturating_sub(2 * pad));
                 let w = rng.gen_range(1..=23).max(3usize.saturating_sub(2 * pad));
                 let g = Conv2dGeometry::square(3, stride, pad);

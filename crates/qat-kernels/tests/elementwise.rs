@@ -2,30 +2,22 @@
 //! scalar reference (tolerance 0, bitwise for f32), the references against a naive f64
 //! computation, thread-count invariance, bad inputs.
 
+mod common;
+
+use common::{for_each_isa, pool, random_bytes, random_zero_point, ACTS};
 use qat_core::QParams;
 use qat_kernels::elementwise::{dequantize_u8, global_avg_pool, quantize_u8, QuantizedAdd};
 use qat_kernels::{Activation, Isa, KernelError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn for_each_isa(name: &str, mut f: impl FnMut(Isa)) {
-    for isa in Isa::ALL {
-        if isa.is_supported() {
-            f(isa);
-        } else {
-            println!("SKIPPED {name} {isa}: not supported on this CPU");
-        }
-    }
-}
-
 fn random_q(rng: &mut StdRng) -> QParams {
     QParams {
         scale: rng.gen_range(0.002..0.2),
-        zero_point: [0, 255, rng.gen_range(0..=255)][rng.gen_range(0..3)],
+        zero_point: random_zero_point(rng),
     }
 }
 
-const ACTS: [Activation; 3] = [Activation::None, Activation::Relu, Activation::Relu6];
 const LENGTHS: [usize; 9] = [1, 3, 7, 8, 15, 17, 64, 333, 40_000];
 
 #[test]
@@ -43,18 +35,8 @@ fn add_every_isa_equals_scalar() {
             .unwrap();
             let n = LENGTHS[round % LENGTHS.len()];
             let extreme = round % 4 == 0;
-            let gen = |rng: &mut StdRng| -> Vec<u8> {
-                (0..n)
-                    .map(|_| {
-                        if extreme {
-                            [0, 255][rng.gen_range(0..2)]
-                        } else {
-                            rng.gen()
-                        }
-                    })
-                    .collect()
-            };
-            let (a, b) = (gen(&mut rng), gen(&mut rng));
+            let a = random_bytes(&mut rng, n, extreme);
+            let b = random_bytes(&mut rng, n, extreme);
             let mut want = vec![0u8; n];
             let mut got = vec![0u8; n];
             add.run(&a, &b, &mut want, Isa::Scalar, 1).unwrap();
@@ -219,10 +201,7 @@ fn quantize_and_dequantize_every_isa_equal_scalar() {
 
 #[test]
 fn results_do_not_depend_on_thread_count() {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
+    let pool = pool(3);
     let mut rng = StdRng::seed_from_u64(14);
     let n = 100_003;
     let q = random_q(&mut rng);

@@ -9,6 +9,9 @@
 //!   operation order: measured 0–0.04% of elements off by one step per case; asserted at most
 //!   1% off by one and none further — the bound of the kernels issue.
 
+mod common;
+
+use common::for_each_isa;
 use qat_core::QParams;
 use qat_kernels::conv::{Conv2d, Conv2dGeometry};
 use qat_kernels::elementwise::{dequantize_u8, global_avg_pool, quantize_u8, QuantizedAdd};
@@ -80,13 +83,9 @@ fn check(name: &str, got: &[u8], want: &[u8], agreement: Agreement) -> String {
 /// Run `f` on every supported ISA; all must agree bit for bit; returns the scalar result.
 fn on_every_isa(name: &str, f: impl Fn(Isa) -> Vec<u8>) -> Vec<u8> {
     let want = f(Isa::Scalar);
-    for isa in Isa::ALL {
-        if !isa.is_supported() {
-            println!("SKIPPED {name} {isa}: not supported on this CPU");
-            continue;
-        }
-        assert_eq!(f(isa), want, "{name}: {isa} differs from scalar");
-    }
+    for_each_isa(name, |isa| {
+        assert_eq!(f(isa), want, "{name}: {isa} differs from scalar")
+    });
     want
 }
 

@@ -4,107 +4,51 @@
 //! 1–5 input channels), zero points at the extremes, outputs clipping at both ends, huge
 //! multipliers, thread-count invariance, shapes only the scalar path takes, bad inputs.
 
+mod common;
+
+use common::{first_difference, ConvCase as Case, Draw};
 use qat_core::QParams;
-use qat_kernels::conv::{Conv2d, Conv2dGeometry, StemConv};
-use qat_kernels::{Activation, Isa, KernelError};
+use qat_kernels::conv::{Conv2dGeometry, StemConv};
+use qat_kernels::{Activation, KernelError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-#[derive(Clone)]
-struct Case {
-    n: usize,
-    h: usize,
-    w: usize,
-    ci: usize,
-    co: usize,
-    g: Conv2dGeometry,
-    weights: Vec<i8>,
-    w_scale: Vec<f32>,
-    bias: Option<Vec<i32>>,
-    input_q: QParams,
-    output_q: QParams,
-    act: Activation,
-    x: Vec<u8>,
+/// The case's convolution as a [`StemConv`].
+fn stem(case: &Case) -> StemConv {
+    StemConv::new(
+        case.ci,
+        case.co,
+        case.g,
+        &case.weights,
+        &case.w_scale,
+        case.bias.as_deref(),
+        case.input_q,
+        case.output_q,
+        case.act,
+    )
+    .unwrap()
 }
 
-impl Case {
-    fn stem(&self) -> StemConv {
-        StemConv::new(
-            self.ci,
-            self.co,
-            self.g,
-            &self.weights,
-            &self.w_scale,
-            self.bias.as_deref(),
-            self.input_q,
-            self.output_q,
-            self.act,
-        )
-        .unwrap()
-    }
-
-    fn reference(&self) -> Vec<u8> {
-        let conv = Conv2d::new(
-            self.ci,
-            self.co,
-            1,
-            self.g,
-            &self.weights,
-            &self.w_scale,
-            self.bias.as_deref(),
-            self.input_q,
-            self.output_q,
-            self.act,
-            Isa::Scalar,
-        )
-        .unwrap();
-        let (oh, ow) = conv.output_hw(self.h, self.w).unwrap();
-        let mut y = vec![0u8; self.n * oh * ow * self.co];
-        conv.run_reference(&self.x, self.n, self.h, self.w, &mut y)
-            .unwrap();
-        y
-    }
-
-    fn run(&self, threads: usize) -> Vec<u8> {
-        let s = self.stem();
-        let (oh, ow) = s.output_hw(self.h, self.w).unwrap();
-        let mut y = vec![0u8; self.n * oh * ow * self.co];
-        let mut scratch = vec![0u8; s.scratch_len(self.h, self.w, threads).unwrap()];
-        s.run_with_scratch(
-            &self.x,
-            self.n,
-            self.h,
-            self.w,
-            &mut y,
-            threads,
-            &mut scratch,
-        )
-        .unwrap();
-        y
-    }
-
-    fn describe(&self) -> String {
-        let g = &self.g;
-        format!(
-            "n{} {}x{}x{} -> {} k{}x{} s{}x{} p{}x{} zp {}/{} {:?}",
-            self.n,
-            self.h,
-            self.w,
-            self.ci,
-            self.co,
-            g.kernel_h,
-            g.kernel_w,
-            g.stride_h,
-            g.stride_w,
-            g.pad_h,
-            g.pad_w,
-            self.input_q.zero_point,
-            self.output_q.zero_point,
-            self.act
-        )
-    }
+/// [`StemConv::run_with_scratch`] on `threads` threads.
+fn run(case: &Case, threads: usize) -> Vec<u8> {
+    let s = stem(case);
+    let mut y = vec![0u8; case.out_len()];
+    let mut scratch = vec![0u8; s.scratch_len(case.h, case.w, threads).unwrap()];
+    s.run_with_scratch(
+        &case.x,
+        case.n,
+        case.h,
+        case.w,
+        &mut y,
+        threads,
+        &mut scratch,
+    )
+    .unwrap();
+    y
 }
 
+/// A random stem case: images from the smallest the geometry takes to 8–9 pixels more (30%
+/// of rows 25–40 pixels wide: several 4-pixel blocks and a tail).
 fn random_case(rng: &mut StdRng, ci: usize, co: usize, g: Conv2dGeometry) -> Case {
     let min_h = g.kernel_h.saturating_sub(2 * g.pad_h).max(1);
     let min_w = g.kernel_w.saturating_sub(2 * g.pad_w).max(1);
@@ -114,44 +58,26 @@ fn random_case(rng: &mut StdRng, ci: usize, co: usize, g: Conv2dGeometry) -> Cas
     } else {
         rng.gen_range(min_w..=min_w + 9)
     };
-    let n = rng.gen_range(1..=2);
-    let zp = |rng: &mut StdRng| [0, 255, rng.gen_range(0..=255)][rng.gen_range(0..3)];
-    let taps = g.kernel_h * g.kernel_w;
-    Case {
-        n,
-        h,
-        w,
-        ci,
-        co,
-        g,
-        weights: (0..co * ci * taps).map(|_| rng.gen()).collect(),
-        w_scale: (0..co).map(|_| rng.gen_range(0.001..0.05)).collect(),
-        bias: rng
-            .gen_bool(0.8)
-            .then(|| (0..co).map(|_| rng.gen_range(-20000..20000)).collect()),
-        input_q: QParams {
-            scale: rng.gen_range(0.005..0.05),
-            zero_point: zp(rng),
-        },
-        output_q: QParams {
-            scale: rng.gen_range(0.01..0.2),
-            zero_point: zp(rng),
-        },
-        act: [Activation::None, Activation::Relu, Activation::Relu6][rng.gen_range(0..3)],
-        x: (0..n * h * w * ci).map(|_| rng.gen()).collect(),
-    }
+    let draw = Draw {
+        weight_scale: 0.001..0.05,
+        output_scale: 0.01..0.2,
+        bias: 20000,
+        bias_p: 0.8,
+        extreme: false,
+    };
+    Case::random(rng, (ci, co, 1), g, (h, w), &draw)
 }
 
 fn check(cases: &[Case]) {
     for case in cases {
         let want = case.reference();
         for threads in [1, 3] {
-            let got = case.run(threads);
-            if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            let got = run(case, threads);
+            if let Some(i) = first_difference(&got, &want) {
                 panic!(
                     "{} ({}, {threads} threads) differs from the reference at {i}: {} vs {}",
                     case.describe(),
-                    case.stem().kernel_name(),
+                    stem(case).kernel_name(),
                     got[i],
                     want[i]
                 );
@@ -197,7 +123,7 @@ fn equals_reference_on_stem_shapes() {
         println!("SKIPPED the SIMD kernel: this CPU lacks AVX-512 VNNI + VBMI (scalar path only)");
     } else {
         assert_eq!(fast, cases.len(), "every shape here fits the SIMD kernel");
-        assert_eq!(cases[0].stem().kernel_name(), "avx512vbmi_stem");
+        assert_eq!(stem(&cases[0]).kernel_name(), "avx512vbmi_stem");
     }
     check(&cases);
 }
@@ -249,7 +175,7 @@ fn scalar_path_equals_reference() {
             random_case(&mut rng, ci, 17, g)
         })
         .collect();
-    assert_eq!(cases[0].stem().kernel_name(), "scalar_stem");
+    assert_eq!(stem(&cases[0]).kernel_name(), "scalar_stem");
     check(&cases);
 }
 

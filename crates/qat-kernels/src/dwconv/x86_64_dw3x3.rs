@@ -6,8 +6,9 @@
 //! zmm `Q0..Q3` whose dwords hold `[p0, p1, p2, p3]` of one channel each (`Q_k`, 128-bit lane
 //! `L`, dword `d` = channel `16L + 4k + d`), so one exact `vpdpbusd` (u8 × i8, no saturation)
 //! adds three taps of a kernel row for 16 channels. The weights are packed in that permuted
-//! channel order; at stride 1 a second weight set `[0, w0, w1, w2]` makes the same quad serve
-//! the next output pixel too, so a quad is built once per two outputs.
+//! channel order; at stride 1 the same quad serves the next output pixel too, shifted right by
+//! one byte per dword (`vpsrld 8`: `[p1, p2, p3, 0]`, exact against the weights' zero fourth
+//! byte), so a quad is built once per two outputs and one weight set stays in registers.
 //!
 //! The requantization is [`requant_avx512`]'s float sequence up to the upper clamp; the zero
 //! point is added after `vpackssdw` and the lower clamp is a byte `max` after `vpackuswb`
@@ -18,8 +19,8 @@
 //! row is rearranged into a *quad row* (the four permuted quad vectors of padded positions
 //! `2i .. 2i + 4` for every `i`) kept in a ring of three per block, so the three output rows
 //! that read an input row (stride 1) share its shuffles, and the inner loops are loads and
-//! `vpdpbusd` only. Output pixel `ox` reads quad `ox / 2` (stride 1, sets A and B serving `ox`
-//! and `ox + 1`) or quad `ox` (stride 2, set A). Padding positions hold the input zero point,
+//! `vpdpbusd` only. Output pixel `ox` reads quad `ox / 2` (stride 1: the quad serves `ox`, its
+//! shifted copy `ox + 1`) or quad `ox` (stride 2). Padding positions hold the input zero point,
 //! which the folded bias cancels, so borders cost nothing in the inner loop; rows above /
 //! below the image read a quad row of zero points.
 //!
@@ -31,7 +32,7 @@ use super::DwConv;
 
 /// Channels per block.
 pub(super) const CB: usize = 64;
-/// Bytes of one packed weight set: 3 rows × 4 permuted zmm.
+/// Bytes of one block's packed weights: 3 rows × 4 permuted zmm.
 const SET: usize = 3 * 4 * CB;
 
 /// Channel of byte lane `(k, L, d)` within block `blk` of a `c`-channel conv: see the module
@@ -88,29 +89,24 @@ fn fold(c: usize, blk: usize) -> usize {
     }
 }
 
-/// Pack `[C][3][3]` weights for this kernel: per block (see [`blocks`]), set A
-/// (`[w0, w1, w2, 0]`) then set B (`[0, w0, w1, w2]`), each `[ky][k][64 bytes]`; lanes
-/// without a channel are 0.
+/// Pack `[C][3][3]` weights for this kernel: per block (see [`blocks`]), `[ky][k][64 bytes]`
+/// with dwords `[w0, w1, w2, 0]`; lanes without a channel are 0. The zero fourth byte is what
+/// makes a quad shifted right by one byte (stride 1's second output) exact.
 pub(super) fn pack_weights(weights: &[i8], c: usize) -> Vec<u8> {
-    let mut out = vec![0u8; blocks(c) * 2 * SET];
+    let mut out = vec![0u8; blocks(c) * SET];
     for blk in 0..blocks(c) {
-        for set in 0..2 {
-            for ky in 0..3 {
-                for k in 0..4 {
-                    for lane in 0..4 {
-                        for d in 0..4 {
-                            let ch = permuted_channel(c, blk, k, lane, d);
-                            if ch >= c {
-                                continue;
-                            }
-                            let base = ((blk * 2 + set) * 3 + ky) * 4 * CB + k * CB + lane * 16;
-                            for e in 0usize..4 {
-                                // Set A: byte e is tap e; set B: byte e is tap e - 1.
-                                let kx = if set == 0 { e } else { e.wrapping_sub(1) };
-                                if kx < 3 {
-                                    out[base + 4 * d + e] = weights[(ch * 3 + ky) * 3 + kx] as u8;
-                                }
-                            }
+        for ky in 0..3 {
+            for k in 0..4 {
+                for lane in 0..4 {
+                    for d in 0..4 {
+                        let ch = permuted_channel(c, blk, k, lane, d);
+                        if ch >= c {
+                            continue;
+                        }
+                        let base = (blk * 3 + ky) * 4 * CB + k * CB + lane * 16;
+                        // Byte e is tap e; byte 3 stays 0.
+                        for kx in 0..3 {
+                            out[base + 4 * d + kx] = weights[(ch * 3 + ky) * 3 + kx] as u8;
                         }
                     }
                 }
@@ -251,7 +247,7 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
             });
             let orow = (row - b.rows.start) * ow * c + first;
             // SAFETY: every array is packed for `blocks` blocks, so the block's 64 permuted
-            // biases / multipliers and its two weight sets are in bounds; each of `rows`
+            // biases / multipliers and its weights are in bounds; each of `rows`
             // addresses a quad row of `quads_per_row(kow, sw)` filled quads (ring rows were
             // filled with this block's `kow`; the zero row holds `quads_per_row(ow, sw)`);
             // `out[orow + ox·c ..]`
@@ -263,7 +259,7 @@ pub(super) unsafe fn band(dw: &DwConv, input: &[u8], b: Band, out: &mut [u8], sc
                 let k = Consts {
                     bias: [0, 1, 2, 3].map(|k| _mm512_loadu_si512(bp.add(16 * k).cast())),
                     mult: [0, 1, 2, 3].map(|k| _mm512_loadu_ps(mp.add(16 * k))),
-                    wts: dw.dw3x3_weights.as_ptr().add(blk * 2 * SET),
+                    wts: dw.dw3x3_weights.as_ptr().add(blk * SET),
                     mask,
                     c,
                     ow,
@@ -484,15 +480,15 @@ unsafe fn qv(row: *const u8, i: usize, k: usize) -> __m512i {
     unsafe { _mm512_loadu_si512(row.add(i * QUAD + k * CB).cast()) }
 }
 
-/// Weight vector `k` of row `ky` in set `set` (0 = A, 1 = B).
+/// Weight vector `k` of row `ky`.
 ///
 /// # Safety
-/// `wts` addresses a block's two weight sets.
+/// `wts` addresses a block's packed weights.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn wv(wts: *const u8, set: usize, ky: usize, k: usize) -> __m512i {
-    // SAFETY: `set < 2, ky < 3, k < 4` stay inside the two sets (caller).
-    unsafe { _mm512_loadu_si512(wts.add(set * SET + (ky * 4 + k) * CB).cast()) }
+unsafe fn wv(wts: *const u8, ky: usize, k: usize) -> __m512i {
+    // SAFETY: `ky < 3, k < 4` stay inside the block's weights (caller).
+    unsafe { _mm512_loadu_si512(wts.add((ky * 4 + k) * CB).cast()) }
 }
 
 /// Requantize four permuted accumulators and store the block's channels of one pixel.
@@ -576,7 +572,8 @@ unsafe fn store<const FLOAT_CLAMP: bool, const F: usize>(
     }
 }
 
-/// One output row at stride 1: two output pixels per quad (sets A and B); `ow` is `k.half`,
+/// One output row at stride 1: two output pixels per quad (the quad and its copy shifted by
+/// one byte per dword, against the same weights); `ow` is `k.half`,
 /// the pixels computed per row (each `F` pixels when folded).
 ///
 /// # Safety
@@ -594,7 +591,7 @@ unsafe fn row_s1<const FLOAT_CLAMP: bool, const F: usize>(
     // bounds; stores go to output pixels `< ow` (caller).
     unsafe {
         let wa: [[__m512i; 4]; 3] =
-            std::array::from_fn(|ky| std::array::from_fn(|q| wv(k.wts, 0, ky, q)));
+            std::array::from_fn(|ky| std::array::from_fn(|q| wv(k.wts, ky, q)));
         for i in 0..ow.div_ceil(2) {
             let ox = 2 * i;
             let mut a = k.bias;
@@ -605,7 +602,8 @@ unsafe fn row_s1<const FLOAT_CLAMP: bool, const F: usize>(
                     let v = qv(row, i, q);
                     a[q] = _mm512_dpbusd_epi32(a[q], v, wa[ky][q]);
                     if two {
-                        b[q] = _mm512_dpbusd_epi32(b[q], v, wv(k.wts, 1, ky, q));
+                        // `[p1, p2, p3, 0]` · `[w0, w1, w2, 0]`: output `ox + 1`'s taps.
+                        b[q] = _mm512_dpbusd_epi32(b[q], _mm512_srli_epi32::<8>(v), wa[ky][q]);
                     }
                 }
             }
@@ -617,7 +615,7 @@ unsafe fn row_s1<const FLOAT_CLAMP: bool, const F: usize>(
     }
 }
 
-/// One output row at stride 2: one quad per output pixel (set A).
+/// One output row at stride 2: one quad per output pixel.
 ///
 /// # Safety
 /// As [`row_s1`] with [`quads_per_row`]`(ow, 2) = ow` quads per row.
@@ -632,7 +630,7 @@ unsafe fn row_s2<const FLOAT_CLAMP: bool, const F: usize>(
     // SAFETY: as in `row_s1`; quad `ox < ow` of each row.
     unsafe {
         let wa: [[__m512i; 4]; 3] =
-            std::array::from_fn(|ky| std::array::from_fn(|q| wv(k.wts, 0, ky, q)));
+            std::array::from_fn(|ky| std::array::from_fn(|q| wv(k.wts, ky, q)));
         for ox in 0..ow {
             let mut a = k.bias;
             for (ky, row) in rows.into_iter().enumerate() {

@@ -4,7 +4,9 @@
 mod ops_util;
 
 use candle_core::{DType, Result, Tensor};
-use ops_util::{assert_close, assert_stats_close, check_fd, grads_of, randn, to_vec};
+use ops_util::{
+    assert_close, assert_stats_close, batch_norm_f64, bounds_f64, check_fd, grads_of, randn, to_vec,
+};
 use qat_graph::ops::{batch_norm_train, batch_norm_train_slow};
 
 const EPS: f64 = 1e-5;
@@ -73,29 +75,8 @@ fn ops_batch_norm_gradients_match_finite_differences() -> Result<()> {
         Ok(batch_norm_train(&t[0], &t[1], &t[2], EPS)?.y)
     })?;
     check_fd(&inputs, &grads, y.elem_count(), 4, 1e-4, |xs| {
-        let p = h * w;
-        let m = (n * p) as f64;
-        let mut out = vec![0f64; n * c * p];
-        for ch in 0..c {
-            let idx = |ni: usize, i: usize| (ni * c + ch) * p + i;
-            let mean = (0..n)
-                .flat_map(|ni| (0..p).map(move |i| (ni, i)))
-                .map(|(ni, i)| xs[0][idx(ni, i)])
-                .sum::<f64>()
-                / m;
-            let var = (0..n)
-                .flat_map(|ni| (0..p).map(move |i| (ni, i)))
-                .map(|(ni, i)| (xs[0][idx(ni, i)] - mean).powi(2))
-                .sum::<f64>()
-                / m;
-            for ni in 0..n {
-                for i in 0..p {
-                    out[idx(ni, i)] =
-                        (xs[0][idx(ni, i)] - mean) / (var + EPS).sqrt() * xs[1][ch] + xs[2][ch];
-                }
-            }
-        }
-        out
+        let dims = (n, c, h * w);
+        batch_norm_f64(&xs[0], dims, &xs[1], &xs[2], EPS, bounds_f64(None))
     });
     Ok(())
 }

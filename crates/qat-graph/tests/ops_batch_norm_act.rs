@@ -5,7 +5,7 @@
 mod ops_util;
 
 use candle_core::{Result, Tensor};
-use ops_util::{assert_close, assert_stats_close, check_fd, grads_of, randn};
+use ops_util::{assert_close, assert_stats_close, batch_norm_f64, check_fd, grads_of, randn};
 use qat_graph::ops::{batch_norm_act_train, batch_norm_act_train_slow, batch_norm_train, clamp};
 
 const EPS: f64 = 1e-5;
@@ -78,23 +78,7 @@ fn ops_batch_norm_act_gradients_match_finite_differences() -> Result<()> {
         })?;
         let (lo, hi) = (lo as f64, hi as f64);
         check_fd(&ins, &grads, y.elem_count(), 4, 1e-4, |xs| {
-            let p = h * w;
-            let m = (n * p) as f64;
-            let mut out = vec![0f64; n * c * p];
-            for ch in 0..c {
-                let idx = |ni: usize, i: usize| (ni * c + ch) * p + i;
-                let all = || (0..n).flat_map(|ni| (0..p).map(move |i| (ni, i)));
-                let mean = all().map(|(ni, i)| xs[0][idx(ni, i)]).sum::<f64>() / m;
-                let var = all()
-                    .map(|(ni, i)| (xs[0][idx(ni, i)] - mean).powi(2))
-                    .sum::<f64>()
-                    / m;
-                for (ni, i) in all() {
-                    let z = (xs[0][idx(ni, i)] - mean) / (var + EPS).sqrt() * xs[1][ch] + xs[2][ch];
-                    out[idx(ni, i)] = z.clamp(lo, hi);
-                }
-            }
-            out
+            batch_norm_f64(&xs[0], (n, c, h * w), &xs[1], &xs[2], EPS, (lo, hi))
         });
     }
     Ok(())

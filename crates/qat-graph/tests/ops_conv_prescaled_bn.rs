@@ -6,7 +6,10 @@
 mod ops_util;
 
 use candle_core::{DType, Device, Result, Tensor};
-use ops_util::{assert_close, assert_stats_close, check_fd, grads_of, randn};
+use ops_util::{
+    assert_close, assert_stats_close, batch_norm_f64, bounds_f64, check_fd, expect_err, grads_of,
+    randn,
+};
 use qat_graph::ops::{
     batch_norm_act_train, batch_norm_act_train_prescaled, batch_norm_train_prescaled, conv1x1,
     conv1x1_bn_act_train, conv1x1_bn_act_train_prescaled, conv_bn_act_train_prescaled_slow,
@@ -129,12 +132,9 @@ fn ops_conv_prescaled_bn_gradients_match_finite_differences() -> Result<()> {
         let seed = 900 + 10 * ai as u64;
         let ins = inputs(seed, (n, c, o, h, w, None))?;
         let (y, grads) = grads_of(&ins, seed + 7, |t| Ok(fused(t, None, act)?.y))?;
-        let (lo, hi) = act.map_or((f64::NEG_INFINITY, f64::INFINITY), |(l, h)| {
-            (l as f64, h as f64)
-        });
+        let bounds = bounds_f64(act);
         check_fd(&ins, &grads, y.elem_count(), seed + 7, 1e-4, |xs| {
             let p = h * w;
-            let m = (n * p) as f64;
             // z = W·x / s + shift per image, then BatchNorm per output channel, then clamp.
             let mut z = vec![0f64; n * o * p];
             for ni in 0..n {
@@ -147,34 +147,10 @@ fn ops_conv_prescaled_bn_gradients_match_finite_differences() -> Result<()> {
                     }
                 }
             }
-            let mut out = vec![0f64; n * o * p];
-            for (oc, (&gamma, &beta)) in xs[3].iter().zip(&xs[4]).enumerate() {
-                let idx = |ni: usize, i: usize| (ni * o + oc) * p + i;
-                let all = || (0..n).flat_map(|ni| (0..p).map(move |i| (ni, i)));
-                let mean = all().map(|(ni, i)| z[idx(ni, i)]).sum::<f64>() / m;
-                let var = all()
-                    .map(|(ni, i)| (z[idx(ni, i)] - mean).powi(2))
-                    .sum::<f64>()
-                    / m;
-                for (ni, i) in all() {
-                    let v = (z[idx(ni, i)] - mean) / (var + EPS).sqrt() * gamma + beta;
-                    out[idx(ni, i)] = v.clamp(lo, hi);
-                }
-            }
-            out
+            batch_norm_f64(&z, (n, o, p), &xs[3], &xs[4], EPS, bounds)
         });
     }
     Ok(())
-}
-
-fn expect_err(r: Result<BatchNormTrainOutput>, needle: &str) {
-    match r {
-        Ok(_) => panic!("expected an error containing {needle:?}"),
-        Err(e) => assert!(
-            e.to_string().contains(needle),
-            "error {e} does not mention {needle:?}"
-        ),
-    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
 mod ops_util;
 
 use candle_core::{DType, Device, Result, Tensor};
-use ops_util::{assert_close, check_fd, grads_of, randn};
+use ops_util::{assert_close, check_fd, expect_err, grads_of, randn};
 use qat_graph::ops::{depthwise_conv2d, depthwise_conv2d_dilated, depthwise_conv2d_slow};
 
 /// (n, c, h, w, k, stride, padding, dilation)
@@ -155,22 +155,6 @@ fn ops_depthwise_non_contiguous_inputs() -> Result<()> {
     assert_close(&gf[0], &gs[0], 1e-4, "non-contiguous: input gradient");
     assert_close(&gf[1], &gs[1], 1e-4, "non-contiguous: weight gradient");
     Ok(())
-}
-
-fn expect_err(r: Result<Tensor>, needle: &str) {
-    match r {
-        Ok(t) => panic!(
-            "expected an error containing {needle:?}, got a tensor {:?}",
-            t.dims()
-        ),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains(needle),
-                "error {msg:?} should mention {needle:?}"
-            );
-        }
-    }
 }
 
 #[test]

@@ -5,7 +5,10 @@
 mod ops_util;
 
 use candle_core::{Result, Tensor};
-use ops_util::{assert_close, assert_stats_close, check_fd, grads_of, randn};
+use ops_util::{
+    assert_close, assert_stats_close, batch_norm_f64, bounds_f64, check_fd, grads_of, prescale_f64,
+    randn,
+};
 use qat_graph::ops::{
     batch_norm_train, batch_norm_train_prescaled, batch_norm_train_prescaled_slow, channel_div_nchw,
 };
@@ -88,20 +91,8 @@ fn ops_prescaled_bn_gradients_match_finite_differences() -> Result<()> {
         Ok(batch_norm_train_prescaled(&t[0], &t[1], Some(&t[4]), &t[2], &t[3], EPS)?.y)
     })?;
     check_fd(&ins, &grads, y.elem_count(), 6, 1e-4, |xs| {
-        let p = h * w;
-        let m = (n * p) as f64;
-        let mut out = vec![0f64; n * c * p];
-        for ch in 0..c {
-            let idx = |ni: usize, i: usize| (ni * c + ch) * p + i;
-            let all = || (0..n).flat_map(|ni| (0..p).map(move |i| (ni, i)));
-            let z = |ni: usize, i: usize| xs[0][idx(ni, i)] / xs[1][ch] + xs[4][ch];
-            let mean = all().map(|(ni, i)| z(ni, i)).sum::<f64>() / m;
-            let var = all().map(|(ni, i)| (z(ni, i) - mean).powi(2)).sum::<f64>() / m;
-            for (ni, i) in all() {
-                out[idx(ni, i)] = (z(ni, i) - mean) / (var + EPS).sqrt() * xs[2][ch] + xs[3][ch];
-            }
-        }
-        out
+        let z = prescale_f64(&xs[0], &xs[1], &xs[4], (n, c, h * w));
+        batch_norm_f64(&z, (n, c, h * w), &xs[2], &xs[3], EPS, bounds_f64(None))
     });
     Ok(())
 }

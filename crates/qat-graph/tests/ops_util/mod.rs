@@ -119,3 +119,70 @@ pub fn assert_stats_close(
         &format!("{what}: unbiased var"),
     );
 }
+
+/// Train-mode BatchNorm in f64 of NCHW `z` (`(n, c, p)`: batch, channels, pixels per plane):
+/// per channel the batch mean and biased variance, `(z - mean) / sqrt(var + eps) · gamma +
+/// beta`, clamped to `lo..=hi` (see [`bounds_f64`]). The reference forward of the BatchNorm
+/// finite-difference checks.
+pub fn batch_norm_f64(
+    z: &[f64],
+    (n, c, p): (usize, usize, usize),
+    gamma: &[f64],
+    beta: &[f64],
+    eps: f64,
+    (lo, hi): (f64, f64),
+) -> Vec<f64> {
+    assert_eq!(z.len(), n * c * p, "batch_norm_f64 input length");
+    let m = (n * p) as f64;
+    let mut out = vec![0f64; n * c * p];
+    for ch in 0..c {
+        let idx = |ni: usize, i: usize| (ni * c + ch) * p + i;
+        let all = || (0..n).flat_map(|ni| (0..p).map(move |i| (ni, i)));
+        let mean = all().map(|(ni, i)| z[idx(ni, i)]).sum::<f64>() / m;
+        let var = all()
+            .map(|(ni, i)| (z[idx(ni, i)] - mean).powi(2))
+            .sum::<f64>()
+            / m;
+        for (ni, i) in all() {
+            let y = (z[idx(ni, i)] - mean) / (var + eps).sqrt() * gamma[ch] + beta[ch];
+            out[idx(ni, i)] = y.clamp(lo, hi);
+        }
+    }
+    out
+}
+
+/// A fused clamp's bounds in f64; `None` (no activation) is `(-inf, inf)`.
+pub fn bounds_f64(act: Option<(f32, f32)>) -> (f64, f64) {
+    act.map_or((f64::NEG_INFINITY, f64::INFINITY), |(lo, hi)| {
+        (lo as f64, hi as f64)
+    })
+}
+
+/// Asserts `r` is an `Err` whose message contains `needle`.
+pub fn expect_err<T>(r: Result<T>, needle: &str) {
+    match r {
+        Ok(_) => panic!("expected an error containing {needle:?}"),
+        Err(e) => assert!(
+            e.to_string().contains(needle),
+            "error {e} does not mention {needle:?}"
+        ),
+    }
+}
+
+/// `x / s + shift` per channel of NCHW `x` (`(n, c, p)` as in [`batch_norm_f64`]) in f64: the
+/// prescaled BatchNorm's normalised input.
+pub fn prescale_f64(
+    x: &[f64],
+    s: &[f64],
+    shift: &[f64],
+    (n, c, p): (usize, usize, usize),
+) -> Vec<f64> {
+    assert_eq!(x.len(), n * c * p, "prescale_f64 input length");
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let ch = i / p % c;
+            v / s[ch] + shift[ch]
+        })
+        .collect()
+}

@@ -68,6 +68,36 @@ impl Ranges {
         }
         Ok(Ranges { min, max })
     }
+
+    /// Observe batch `x` along the config's channel axis: the first batch sets the ranges,
+    /// later ones fold in per channel (`min = fold_min(min, batch_min)`, likewise max).
+    /// Nothing changes on an error.
+    fn observe(
+        &mut self,
+        observer: &'static str,
+        cfg: &ObserverConfig,
+        x: &Tensor,
+        fold_min: impl Fn(f32, f32) -> f32,
+        fold_max: impl Fn(f32, f32) -> f32,
+    ) -> Result<()> {
+        let axis = cfg
+            .scheme
+            .axis()
+            .expect("checked per-channel at construction");
+        let expect = (!self.min.is_empty()).then_some(self.min.len());
+        let b = batch_ranges(observer, x, axis, expect)?;
+        if self.min.is_empty() {
+            *self = b;
+            return Ok(());
+        }
+        for (m, v) in self.min.iter_mut().zip(&b.min) {
+            *m = fold_min(*m, *v);
+        }
+        for (m, v) in self.max.iter_mut().zip(&b.max) {
+            *m = fold_max(*m, *v);
+        }
+        Ok(())
+    }
 }
 
 /// Per-channel min / max of one batch along `axis`, checked before any state changes:
@@ -102,16 +132,6 @@ fn batch_ranges(
         min: r.min,
         max: r.max,
     })
-}
-
-fn axis_of(cfg: &ObserverConfig) -> usize {
-    cfg.scheme
-        .axis()
-        .expect("checked per-channel at construction")
-}
-
-fn expected_channels(r: &Ranges) -> Option<usize> {
-    (!r.min.is_empty()).then_some(r.min.len())
 }
 
 /// PyTorch's `PerChannelMinMaxObserver`: running min / max of each slice along the scheme's
@@ -161,19 +181,8 @@ impl Observer for PerChannelMinMaxObserver {
     forward_range!(ranges: Ranges);
 
     fn observe(&mut self, x: &Tensor) -> Result<()> {
-        let axis = axis_of(&self.config);
-        let b = batch_ranges(Self::NAME, x, axis, expected_channels(&self.ranges))?;
-        if self.ranges.min.is_empty() {
-            self.ranges = b;
-        } else {
-            for (m, v) in self.ranges.min.iter_mut().zip(&b.min) {
-                *m = m.min(*v);
-            }
-            for (m, v) in self.ranges.max.iter_mut().zip(&b.max) {
-                *m = m.max(*v);
-            }
-        }
-        Ok(())
+        self.ranges
+            .observe(Self::NAME, &self.config, x, f32::min, f32::max)
     }
 }
 
@@ -231,19 +240,9 @@ impl Observer for MovingAveragePerChannelMinMaxObserver {
     forward_range!(ranges: Ranges);
 
     fn observe(&mut self, x: &Tensor) -> Result<()> {
-        let axis = axis_of(&self.config);
-        let b = batch_ranges(Self::NAME, x, axis, expected_channels(&self.ranges))?;
-        if self.ranges.min.is_empty() {
-            self.ranges = b;
-        } else {
-            let c = self.averaging_constant;
-            for (m, v) in self.ranges.min.iter_mut().zip(&b.min) {
-                *m += c * (*v - *m);
-            }
-            for (m, v) in self.ranges.max.iter_mut().zip(&b.max) {
-                *m += c * (*v - *m);
-            }
-        }
-        Ok(())
+        let c = self.averaging_constant;
+        let toward = |m: f32, v: f32| m + c * (v - m);
+        self.ranges
+            .observe(Self::NAME, &self.config, x, toward, toward)
     }
 }

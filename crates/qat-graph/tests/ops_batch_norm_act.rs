@@ -5,13 +5,12 @@
 mod ops_util;
 
 use candle_core::{Result, Tensor};
-use ops_util::{assert_close, assert_stats_close, batch_norm_f64, check_fd, grads_of, randn};
+use ops_util::{
+    assert_close, assert_stats_close, batch_norm_f64, check_fd, grads_of, randn, CLAMPS,
+};
 use qat_graph::ops::{batch_norm_act_train, batch_norm_act_train_slow, batch_norm_train, clamp};
 
 const EPS: f64 = 1e-5;
-
-/// (min, max) of the fused activation: ReLU6, ReLU, an asymmetric clamp.
-const ACTS: [(f32, f32); 3] = [(0.0, 6.0), (0.0, f32::INFINITY), (-0.5, 1.25)];
 
 fn inputs(seed: u64, (n, c, h, w): (usize, usize, usize, usize)) -> Result<[Tensor; 3]> {
     // γ around 3 and β around 2 put a good share of the outputs beyond both ReLU6 bounds.
@@ -28,7 +27,7 @@ fn ops_batch_norm_act_matches_candle_composition_and_unfused_ops() -> Result<()>
         .iter()
         .enumerate()
     {
-        for (ai, &(lo, hi)) in ACTS.iter().enumerate() {
+        for (ai, &(lo, hi)) in CLAMPS.iter().enumerate() {
             let seed = 40 * ci as u64 + ai as u64;
             let ins = inputs(seed, dims)?;
             let fused = grads_of(&ins, seed + 3, |t| {
@@ -71,7 +70,7 @@ fn ops_batch_norm_act_matches_candle_composition_and_unfused_ops() -> Result<()>
 #[test]
 fn ops_batch_norm_act_gradients_match_finite_differences() -> Result<()> {
     let (n, c, h, w) = (3, 2, 3, 4);
-    for (ai, &(lo, hi)) in ACTS.iter().enumerate() {
+    for (ai, &(lo, hi)) in CLAMPS.iter().enumerate() {
         let ins = inputs(10 + ai as u64, (n, c, h, w))?;
         let (y, grads) = grads_of(&ins, 4, |t| {
             Ok(batch_norm_act_train(&t[0], &t[1], &t[2], EPS, lo, hi)?.y)

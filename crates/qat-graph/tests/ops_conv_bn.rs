@@ -7,7 +7,7 @@ mod ops_util;
 use candle_core::{DType, Device, Result, Tensor};
 use ops_util::{
     assert_close, assert_stats_close, batch_norm_f64, bounds_f64, check_fd, expect_err, grads_of,
-    randn,
+    randn, ACTS,
 };
 use qat_graph::ops::{
     batch_norm_act_train, batch_norm_train, conv1x1, conv1x1_bn_act_train,
@@ -16,14 +16,6 @@ use qat_graph::ops::{
 };
 
 const EPS: f64 = 1e-5;
-
-/// No activation, ReLU6, ReLU, an asymmetric clamp.
-const ACTS: [Option<(f32, f32)>; 4] = [
-    None,
-    Some((0.0, 6.0)),
-    Some((0.0, f32::INFINITY)),
-    Some((-0.5, 1.25)),
-];
 
 /// `[x, w, gamma, beta]`; γ around 3 and β around 2 put outputs beyond both ReLU6 bounds.
 fn inputs(seed: u64, (n, c, o, h, w): (usize, usize, usize, usize, usize)) -> Result<[Tensor; 4]> {

@@ -8,7 +8,7 @@ mod ops_util;
 use candle_core::{DType, Device, Result, Tensor};
 use ops_util::{
     assert_close, assert_stats_close, batch_norm_f64, bounds_f64, check_fd, expect_err, grads_of,
-    randn,
+    randn, ACTS,
 };
 use qat_graph::ops::{
     batch_norm_act_train, batch_norm_act_train_prescaled, batch_norm_train_prescaled, conv1x1,
@@ -17,14 +17,6 @@ use qat_graph::ops::{
 };
 
 const EPS: f64 = 1e-5;
-
-/// No activation, ReLU6, ReLU, an asymmetric clamp.
-const ACTS: [Option<(f32, f32)>; 4] = [
-    None,
-    Some((0.0, 6.0)),
-    Some((0.0, f32::INFINITY)),
-    Some((-0.5, 1.25)),
-];
 
 /// A convolution: 1×1 (`None`) or depthwise `(k, stride, padding, dilation)`.
 type Kind = Option<(usize, usize, usize, usize)>;

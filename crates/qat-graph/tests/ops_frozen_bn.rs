@@ -6,25 +6,11 @@
 mod ops_util;
 
 use candle_core::{Result, Tensor};
-use ops_util::{assert_close, check_fd, grads_of, randn};
+use ops_util::{assert_close, check_fd, divisor, grads_of, randn, ACTS};
 use qat_graph::ops::{
     channel_affine_nchw, channel_div_affine_act_nchw, channel_div_affine_act_nchw_slow,
     channel_div_nchw, clamp,
 };
-
-/// No activation, ReLU6, ReLU, an asymmetric clamp.
-const ACTS: [Option<(f32, f32)>; 4] = [
-    None,
-    Some((0.0, 6.0)),
-    Some((0.0, f32::INFINITY)),
-    Some((-0.5, 1.25)),
-];
-
-/// A divisor away from zero, like a BN scale factor γ / σ (negative ones included).
-fn divisor(seed: u64, c: usize) -> Result<Tensor> {
-    let r = randn(seed, &[c])?;
-    (r.sign()? * (r.abs()? + 0.3)?)?.contiguous()
-}
 
 /// `[x, divisor, scale, bias, shift]`; scale around 3 and bias around 2 put a good share of
 /// the outputs beyond both ReLU6 bounds.

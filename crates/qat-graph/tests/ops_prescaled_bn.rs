@@ -4,22 +4,16 @@
 
 mod ops_util;
 
-use candle_core::{Result, Tensor};
+use candle_core::Result;
 use ops_util::{
-    assert_close, assert_stats_close, batch_norm_f64, bounds_f64, check_fd, grads_of, prescale_f64,
-    randn,
+    assert_close, assert_stats_close, batch_norm_f64, bounds_f64, check_fd, divisor, grads_of,
+    prescale_f64, randn,
 };
 use qat_graph::ops::{
     batch_norm_train, batch_norm_train_prescaled, batch_norm_train_prescaled_slow, channel_div_nchw,
 };
 
 const EPS: f64 = 1e-5;
-
-/// A divisor away from zero, like a BN scale factor γ / σ.
-fn divisor(seed: u64, c: usize) -> Result<Tensor> {
-    let r = randn(seed, &[c])?;
-    (r.sign()? * (r.abs()? + 0.3)?)?.contiguous()
-}
 
 #[test]
 fn ops_prescaled_bn_matches_candle_and_unfused_ops() -> Result<()> {

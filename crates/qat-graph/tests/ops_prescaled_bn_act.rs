@@ -7,7 +7,8 @@ mod ops_util;
 
 use candle_core::{Result, Tensor};
 use ops_util::{
-    assert_close, assert_stats_close, batch_norm_f64, check_fd, grads_of, prescale_f64, randn,
+    assert_close, assert_stats_close, batch_norm_f64, check_fd, divisor, grads_of, prescale_f64,
+    randn, CLAMPS,
 };
 use qat_graph::ops::{
     batch_norm_act_train_prescaled, batch_norm_act_train_prescaled_slow,
@@ -15,15 +16,6 @@ use qat_graph::ops::{
 };
 
 const EPS: f64 = 1e-5;
-
-/// (min, max) of the fused activation: ReLU6, ReLU, an asymmetric clamp.
-const ACTS: [(f32, f32); 3] = [(0.0, 6.0), (0.0, f32::INFINITY), (-0.5, 1.25)];
-
-/// A divisor away from zero, like a BN scale factor γ / σ.
-fn divisor(seed: u64, c: usize) -> Result<Tensor> {
-    let r = randn(seed, &[c])?;
-    (r.sign()? * (r.abs()? + 0.3)?)?.contiguous()
-}
 
 /// `[x, divisor, γ, β, shift]`; γ around 3 and β around 2 put a good share of the outputs
 /// beyond both ReLU6 bounds.
@@ -61,7 +53,7 @@ fn ops_prescaled_bn_act_matches_candle_and_unfused_ops() -> Result<()> {
         .iter()
         .enumerate()
     {
-        for (ai, &(lo, hi)) in ACTS.iter().enumerate() {
+        for (ai, &(lo, hi)) in CLAMPS.iter().enumerate() {
             for with_shift in [false, true] {
                 let seed = 60 * ci as u64 + 10 * ai as u64 + with_shift as u64;
                 let mut ins = inputs(seed, dims)?;
@@ -115,7 +107,7 @@ fn ops_prescaled_bn_act_matches_candle_and_unfused_ops() -> Result<()> {
 #[test]
 fn ops_prescaled_bn_act_gradients_match_finite_differences() -> Result<()> {
     let (n, c, h, w) = (3, 2, 3, 4);
-    for (ai, &(lo, hi)) in ACTS.iter().enumerate() {
+    for (ai, &(lo, hi)) in CLAMPS.iter().enumerate() {
         let ins = inputs(20 + 5 * ai as u64, (n, c, h, w))?;
         let (y, grads) = grads_of(&ins, 6, |t| {
             Ok(apply(batch_norm_act_train_prescaled, t, (lo, hi))?.y)

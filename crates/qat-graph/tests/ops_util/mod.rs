@@ -186,3 +186,15 @@ pub fn prescale_f64(
         })
         .collect()
 }
+
+/// `(min, max)` of each fused clamp the tests take: ReLU6, ReLU, an asymmetric clamp.
+pub const CLAMPS: [(f32, f32); 3] = [(0.0, 6.0), (0.0, f32::INFINITY), (-0.5, 1.25)];
+
+/// No activation, then each of [`CLAMPS`].
+pub const ACTS: [Option<(f32, f32)>; 4] = [None, Some(CLAMPS[0]), Some(CLAMPS[1]), Some(CLAMPS[2])];
+
+/// `c` divisors away from zero, like BN scale factors γ / σ (negative ones included).
+pub fn divisor(seed: u64, c: usize) -> Result<Tensor> {
+    let r = randn(seed, &[c])?;
+    (r.sign()? * (r.abs()? + 0.3)?)?.contiguous()
+}

@@ -57,6 +57,28 @@ fn exactly_equal(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// An output and its four input gradients: bit for bit those of the unfused ops, within
+/// 1e-5 (output) / 1e-4 (gradients) of the candle composition.
+fn unfused_and_candle(
+    what: &str,
+    (yf, gf): (&Tensor, &[Tensor]),
+    (yu, gu): (&Tensor, &[Tensor]),
+    (ys, gs): (&Tensor, &[Tensor]),
+) -> Result<()> {
+    exactly_equal(yf, yu, &format!("{what}: output vs unfused"))?;
+    assert_close(yf, ys, 1e-5, &format!("{what}: output vs candle"));
+    for i in 0..4 {
+        exactly_equal(&gf[i], &gu[i], &format!("{what}: gradient {i} vs unfused"))?;
+        assert_close(
+            &gf[i],
+            &gs[i],
+            1e-4,
+            &format!("{what}: gradient {i} vs candle"),
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn ops_conv_bn_equals_unfused_ops_and_matches_candle() -> Result<()> {
     // The last shape has > 32768 outputs: every kernel takes its rayon path.
@@ -76,17 +98,7 @@ fn ops_conv_bn_equals_unfused_ops_and_matches_candle() -> Result<()> {
             let (ys, gs) = grads_of(&ins, seed + 4, |t| {
                 Ok(conv1x1_bn_act_train_slow(&t[0], &t[1], &t[2], &t[3], EPS, act)?.y)
             })?;
-            exactly_equal(&yf, &yu, &format!("{what}: output vs unfused"))?;
-            assert_close(&yf, &ys, 1e-5, &format!("{what}: output vs candle"));
-            for i in 0..4 {
-                exactly_equal(&gf[i], &gu[i], &format!("{what}: gradient {i} vs unfused"))?;
-                assert_close(
-                    &gf[i],
-                    &gs[i],
-                    1e-4,
-                    &format!("{what}: gradient {i} vs candle"),
-                );
-            }
+            unfused_and_candle(&what, (&yf, &gf), (&yu, &gu), (&ys, &gs))?;
             let (of, os) = (
                 fused(&ins, act)?,
                 conv1x1_bn_act_train_slow(&ins[0], &ins[1], &ins[2], &ins[3], EPS, act)?,
@@ -225,17 +237,7 @@ fn ops_depthwise_bn_equals_unfused_ops_and_matches_candle() -> Result<()> {
             let (yf, gf) = grads_of(&ins, seed + 4, |t| Ok(fused(t)?.y))?;
             let (yu, gu) = grads_of(&ins, seed + 4, |t| Ok(unfused(t)?.y))?;
             let (ys, gs) = grads_of(&ins, seed + 4, |t| Ok(slow(t)?.y))?;
-            exactly_equal(&yf, &yu, &format!("{what}: output vs unfused"))?;
-            assert_close(&yf, &ys, 1e-5, &format!("{what}: output vs candle"));
-            for i in 0..4 {
-                exactly_equal(&gf[i], &gu[i], &format!("{what}: gradient {i} vs unfused"))?;
-                assert_close(
-                    &gf[i],
-                    &gs[i],
-                    1e-4,
-                    &format!("{what}: gradient {i} vs candle"),
-                );
-            }
+            unfused_and_candle(&what, (&yf, &gf), (&yu, &gu), (&ys, &gs))?;
             let (of, os) = (fused(&ins)?, slow(&ins)?);
             assert_close(&of.mean, &os.mean, 1e-5, &format!("{what}: mean"));
             assert_close(&of.var, &os.var, 1e-5, &format!("{what}: var"));

@@ -6,23 +6,11 @@
 mod ops_util;
 
 use candle_core::{Result, Tensor};
-use ops_util::{assert_close, check_fd, divisor, grads_of, randn, ACTS};
+use ops_util::{assert_close, check_fd, divisor, grads_of, prescaled_inputs, ACTS};
 use qat_graph::ops::{
     channel_affine_nchw, channel_div_affine_act_nchw, channel_div_affine_act_nchw_slow,
     channel_div_nchw, clamp,
 };
-
-/// `[x, divisor, scale, bias, shift]`; scale around 3 and bias around 2 put a good share of
-/// the outputs beyond both ReLU6 bounds.
-fn inputs(seed: u64, (n, c, h, w): (usize, usize, usize, usize)) -> Result<Vec<Tensor>> {
-    Ok(vec![
-        ((randn(seed, &[n, c, h, w])? * 3.0)? + 1.0)?,
-        divisor(seed + 1, c)?,
-        (randn(seed + 2, &[c])? + 3.0)?,
-        (randn(seed + 3, &[c])? + 2.0)?,
-        randn(seed + 4, &[c])?,
-    ])
-}
 
 fn fused(t: &[Tensor], act: Option<(f32, f32)>) -> Result<Tensor> {
     channel_div_affine_act_nchw(&t[0], &t[1], t.get(4), &t[2], &t[3], act)
@@ -39,7 +27,7 @@ fn ops_frozen_bn_matches_candle_and_unfused_ops() -> Result<()> {
         for (ai, &act) in ACTS.iter().enumerate() {
             for with_shift in [false, true] {
                 let seed = 60 * ci as u64 + 10 * ai as u64 + with_shift as u64;
-                let mut ins = inputs(seed, dims)?;
+                let mut ins = prescaled_inputs(seed, dims)?;
                 if !with_shift {
                     ins.pop();
                 }
@@ -76,7 +64,7 @@ fn ops_frozen_bn_matches_candle_and_unfused_ops() -> Result<()> {
 fn ops_frozen_bn_gradients_match_finite_differences() -> Result<()> {
     let (n, c, h, w) = (3, 2, 3, 5);
     for (ai, &act) in ACTS.iter().enumerate() {
-        let ins = inputs(20 + 5 * ai as u64, (n, c, h, w))?;
+        let ins = prescaled_inputs(20 + 5 * ai as u64, (n, c, h, w))?;
         let (y, grads) = grads_of(&ins, 6, |t| fused(t, act))?;
         check_fd(&ins, &grads, y.elem_count(), 6, 1e-4, |xs| {
             (0..n * c * h * w)
@@ -97,7 +85,7 @@ fn ops_frozen_bn_gradients_match_finite_differences() -> Result<()> {
 
 #[test]
 fn ops_frozen_bn_non_contiguous_input() -> Result<()> {
-    let ins = inputs(7, (2, 3, 4, 5))?;
+    let ins = prescaled_inputs(7, (2, 3, 4, 5))?;
     // The same values laid out transposed in memory: a strided view.
     let xt = ins[0].transpose(2, 3)?.contiguous()?.transpose(2, 3)?;
     assert!(!xt.is_contiguous());
@@ -115,7 +103,7 @@ fn ops_frozen_bn_non_contiguous_input() -> Result<()> {
 
 #[test]
 fn ops_frozen_bn_bad_inputs_are_errors() -> Result<()> {
-    let ins = inputs(1, (2, 3, 4, 4))?;
+    let ins = prescaled_inputs(1, (2, 3, 4, 4))?;
     let (x, s, a, t, b) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4]);
     let err = |r: Result<Tensor>, needle: &str| {
         let e = r.expect_err("expected an error").to_string();

@@ -8,7 +8,7 @@ mod ops_util;
 use candle_core::{Result, Tensor};
 use ops_util::{
     assert_close, assert_stats_close, batch_norm_f64, check_fd, divisor, grads_of, prescale_f64,
-    randn, CLAMPS,
+    prescaled_inputs, CLAMPS,
 };
 use qat_graph::ops::{
     batch_norm_act_train_prescaled, batch_norm_act_train_prescaled_slow,
@@ -16,18 +16,6 @@ use qat_graph::ops::{
 };
 
 const EPS: f64 = 1e-5;
-
-/// `[x, divisor, γ, β, shift]`; γ around 3 and β around 2 put a good share of the outputs
-/// beyond both ReLU6 bounds.
-fn inputs(seed: u64, (n, c, h, w): (usize, usize, usize, usize)) -> Result<Vec<Tensor>> {
-    Ok(vec![
-        ((randn(seed, &[n, c, h, w])? * 3.0)? + 1.0)?,
-        divisor(seed + 1, c)?,
-        (randn(seed + 2, &[c])? + 3.0)?,
-        (randn(seed + 3, &[c])? + 2.0)?,
-        randn(seed + 4, &[c])?,
-    ])
-}
 
 /// The signature of [`batch_norm_act_train_prescaled`] and its candle twin.
 type PrescaledAct = fn(
@@ -41,7 +29,7 @@ type PrescaledAct = fn(
     f32,
 ) -> Result<BatchNormTrainOutput>;
 
-/// `f` on `t = [x, divisor, γ, β, shift?]` (see [`inputs`]) with the activation `(min, max)`.
+/// `f` on `t = [x, divisor, γ, β, shift?]` (see [`prescaled_inputs`]) with the activation `(min, max)`.
 fn apply(f: PrescaledAct, t: &[Tensor], (lo, hi): (f32, f32)) -> Result<BatchNormTrainOutput> {
     f(&t[0], &t[1], t.get(4), &t[2], &t[3], EPS, lo, hi)
 }
@@ -56,7 +44,7 @@ fn ops_prescaled_bn_act_matches_candle_and_unfused_ops() -> Result<()> {
         for (ai, &(lo, hi)) in CLAMPS.iter().enumerate() {
             for with_shift in [false, true] {
                 let seed = 60 * ci as u64 + 10 * ai as u64 + with_shift as u64;
-                let mut ins = inputs(seed, dims)?;
+                let mut ins = prescaled_inputs(seed, dims)?;
                 if !with_shift {
                     ins.pop();
                 }
@@ -108,7 +96,7 @@ fn ops_prescaled_bn_act_matches_candle_and_unfused_ops() -> Result<()> {
 fn ops_prescaled_bn_act_gradients_match_finite_differences() -> Result<()> {
     let (n, c, h, w) = (3, 2, 3, 4);
     for (ai, &(lo, hi)) in CLAMPS.iter().enumerate() {
-        let ins = inputs(20 + 5 * ai as u64, (n, c, h, w))?;
+        let ins = prescaled_inputs(20 + 5 * ai as u64, (n, c, h, w))?;
         let (y, grads) = grads_of(&ins, 6, |t| {
             Ok(apply(batch_norm_act_train_prescaled, t, (lo, hi))?.y)
         })?;
@@ -123,7 +111,7 @@ fn ops_prescaled_bn_act_gradients_match_finite_differences() -> Result<()> {
 
 #[test]
 fn ops_prescaled_bn_act_bad_inputs_are_errors() -> Result<()> {
-    let ins = inputs(1, (2, 3, 4, 4))?;
+    let ins = prescaled_inputs(1, (2, 3, 4, 4))?;
     let (x, s, g, b) = (&ins[0], &ins[1], &ins[2], &ins[3]);
     let err = |r: Result<BatchNormTrainOutput>, needle: &str| {
         let e = r.expect_err("expected an error").to_string();

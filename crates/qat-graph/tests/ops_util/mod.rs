@@ -198,3 +198,19 @@ pub fn divisor(seed: u64, c: usize) -> Result<Tensor> {
     let r = randn(seed, &[c])?;
     (r.sign()? * (r.abs()? + 0.3)?)?.contiguous()
 }
+
+/// `[x, divisor, γ, β, shift]` of a prescaled BatchNorm over NCHW `(n, c, h, w)`: `x` around
+/// 1 (spread 3), a [`divisor`], γ around 3 and β around 2 (a good share of the outputs
+/// beyond both ReLU6 bounds), a shift around 0.
+pub fn prescaled_inputs(
+    seed: u64,
+    (n, c, h, w): (usize, usize, usize, usize),
+) -> Result<Vec<Tensor>> {
+    Ok(vec![
+        ((randn(seed, &[n, c, h, w])? * 3.0)? + 1.0)?,
+        divisor(seed + 1, c)?,
+        (randn(seed + 2, &[c])? + 3.0)?,
+        (randn(seed + 3, &[c])? + 2.0)?,
+        randn(seed + 4, &[c])?,
+    ])
+}

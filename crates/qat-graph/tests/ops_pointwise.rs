@@ -17,6 +17,7 @@ fn ops_pointwise_matches_candle_conv2d() -> Result<()> {
         (1, 16, 24, 6, 6, 2),
         (3, 7, 3, 5, 8, 3),
         (2, 24, 20, 14, 14, 1), // > 32768 elements: threaded GEMM when more threads exist
+        (5, 40, 48, 7, 7, 1),   // planes <= 64 pixels: one GEMM over the batch
     ]
     .iter()
     .enumerate()

@@ -70,6 +70,37 @@ fn plane_of(v: &[f32], d: Dims, i: usize) -> &[f32] {
     &v[i * d.plane..(i + 1) * d.plane]
 }
 
+/// How a BatchNorm input (and its gradient) stores its `N·C` planes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum PlaneOrder {
+    /// NCHW: plane `n·C + c` at position `n·C + c`.
+    #[default]
+    ImageMajor,
+    /// `[C, N, H, W]`: plane `n·C + c` at position `c·N + n` (what one GEMM over the batch
+    /// leaves, see `pointwise::forward_gemm`).
+    ChannelMajor,
+}
+
+impl PlaneOrder {
+    /// The storage position of NCHW plane `i`.
+    #[inline(always)]
+    fn at(self, d: Dims, i: usize) -> usize {
+        match self {
+            PlaneOrder::ImageMajor => i,
+            PlaneOrder::ChannelMajor => (i % d.c) * d.n + i / d.c,
+        }
+    }
+
+    /// The NCHW plane stored at position `j` (the inverse of [`PlaneOrder::at`]).
+    #[inline(always)]
+    fn nchw(self, d: Dims, j: usize) -> usize {
+        match self {
+            PlaneOrder::ImageMajor => j,
+            PlaneOrder::ChannelMajor => (j % d.n) * d.c + j / d.n,
+        }
+    }
+}
+
 /// Runs `f(c)` for every channel, in parallel when the tensor is big.
 pub(super) fn per_channel<T: Send>(d: Dims, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     if d.n * d.c * d.plane < PAR_MIN_ELEMS {
@@ -94,6 +125,15 @@ fn per_plane<E: Send>(out: &mut [E], d: Dims, f: impl Fn(usize, &mut [E]) + Sync
             .for_each(|(i, o)| f(i, o));
     }
 }
+
+/// [`sum`] compiled for the best vector extension (called from a closure, `sum` would be
+/// baseline SSE code; the arithmetic, hence the result, is the same on every extension).
+#[inline(always)]
+fn plane_sum_generic<const FMA: bool>(x: &[f32], out: &mut f32) {
+    *out = sum(x);
+}
+
+simd_dispatch!(pub(super) fn plane_sum = plane_sum_generic(x: &[f32], out: &mut f32));
 
 /// `Σ (x − mean)²` over a slice, vectorizable.
 #[inline(always)]
@@ -276,10 +316,34 @@ pub(super) fn forward_core(
     eps: f64,
     act: Option<Act>,
 ) -> (Vec<f32>, Stats) {
+    forward_core_in(x, PlaneOrder::ImageMajor, gamma, beta, d, eps, act)
+}
+
+/// [`forward_core`] on an input whose planes are stored in `order` (the output is NCHW). The
+/// arithmetic is the same for both orders: every plane's sums, in the same channel and image
+/// order.
+pub(super) fn forward_core_in(
+    x: &[f32],
+    order: PlaneOrder,
+    gamma: &[f32],
+    beta: &[f32],
+    d: Dims,
+    eps: f64,
+    act: Option<Act>,
+) -> (Vec<f32>, Stats) {
     let m = d.count() as f64;
-    let plane = |i: usize| &x[i * d.plane..(i + 1) * d.plane];
+    let plane = |i: usize| {
+        let j = order.at(d, i);
+        &x[j * d.plane..(j + 1) * d.plane]
+    };
     let stats: Vec<(f32, f32)> = per_channel(d, |c| {
-        let total: f64 = (0..d.n).map(|n| sum(plane(n * d.c + c)) as f64).sum();
+        let total: f64 = (0..d.n)
+            .map(|n| {
+                let mut s = 0f32;
+                plane_sum(plane(n * d.c + c), &mut s);
+                s as f64
+            })
+            .sum();
         let mean = (total / m) as f32;
         let mut var = 0f64;
         for n in 0..d.n {
@@ -336,6 +400,24 @@ pub(super) fn backward_core(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
+    let order = PlaneOrder::ImageMajor;
+    backward_core_in(x, order, dy, gamma, st, d, act, dx, dgamma, dbeta);
+}
+
+/// [`backward_core`] with `x` and `dx` stored in `order` (`dy` is NCHW); the same arithmetic.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_core_in(
+    x: &[f32],
+    order: PlaneOrder,
+    dy: &[f32],
+    gamma: &[f32],
+    st: &Stats,
+    d: Dims,
+    act: Option<Act>,
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
     let m = d.count() as f64;
     // The forward's affine coefficients, to recompute the pre-activation bit for bit.
     let ab = |c: usize| {
@@ -347,7 +429,8 @@ pub(super) fn backward_core(
         let (mut sdy, mut sdyxc) = (0f64, 0f64);
         for n in 0..d.n {
             let mut s = (0f64, 0f64);
-            let (dyp, xp) = (plane_of(dy, d, n * d.c + c), plane_of(x, d, n * d.c + c));
+            let i = n * d.c + c;
+            let (dyp, xp) = (plane_of(dy, d, i), plane_of(x, d, order.at(d, i)));
             match act {
                 None => grad_sums(dyp, xp, st.mean[c], &mut s),
                 Some(act) => grad_sums_act(dyp, xp, st.mean[c], ab(c), act, &mut s),
@@ -358,14 +441,15 @@ pub(super) fn backward_core(
         (sdy, sdyxc)
     });
     // dx = γ·σ⁻¹·(dy − Σdy/M − x̂·Σdy·x̂/M), with x̂ = (x − μ)·σ⁻¹, expanded to k·dy + m·x + q.
-    per_plane(dx, d, |i, o| {
+    per_plane(dx, d, |j, o| {
+        let i = order.nchw(d, j);
         let c = i % d.c;
         let (sdy, sdyxc) = sums[c];
         let inv = st.invstd[c] as f64;
         let k = gamma[c] as f64 * inv;
         let mx = -k * sdyxc * inv * inv / m;
         let q = -k * sdy / m - mx * st.mean[c] as f64;
-        let (dyp, xp) = (plane_of(dy, d, i), plane_of(x, d, i));
+        let (dyp, xp) = (plane_of(dy, d, i), plane_of(x, d, j));
         match act {
             None => dx_kernel(o, dyp, xp, k as f32, mx as f32, q as f32),
             Some(act) => dx_act(o, dyp, xp, (k as f32, mx as f32, q as f32), ab(c), act),

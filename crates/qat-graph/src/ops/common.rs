@@ -101,6 +101,11 @@ impl Pooled {
     pub(crate) fn new(len: usize) -> Self {
         Pooled(scratch(len))
     }
+
+    /// The buffer, no longer returned to the pool on drop (the caller [`recycle`]s it).
+    pub(crate) fn into_inner(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.0)
+    }
 }
 
 impl Drop for Pooled {
@@ -203,7 +208,10 @@ pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 /// Dot product with 16 independent accumulators, so LLVM vectorizes it without reassociating.
 /// (64 accumulators would break the FMA latency chain, but change the rounding of the
-/// depthwise weight gradient, which the trained-model tests' measured bounds depend on.)
+/// depthwise weight gradient, which the trained-model tests' measured bounds depend on.) The
+/// depthwise kernel interleaves several such dots (`depthwise::tap_dots`); this single one is
+/// the reference its test compares with bit for bit.
+#[cfg(test)]
 #[inline(always)]
 pub(crate) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());

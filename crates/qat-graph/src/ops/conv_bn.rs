@@ -16,18 +16,24 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, Result, Shape, Tensor};
 
 use super::batch_norm::{
-    backward_core, check_dims, forward_core, Act, BatchNormTrainOutput, Dims, Stats,
+    backward_core_in, check_dims, forward_core_in, Act, BatchNormTrainOutput, Dims, PlaneOrder,
+    Stats,
 };
 use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch};
 use super::depthwise::Geom as DwGeom;
-use super::pointwise::matmul;
+use super::pointwise::{
+    backward_gemms, backward_gemms_cm, forward_gemm, forward_gemm_cm, to_channel_major, GemmDims,
+};
 use super::slice_op::{flat, packed_grads, Op3, SliceOp3};
 
 /// What the forward keeps for the backward.
 #[derive(Default)]
 struct Saved {
-    /// The convolution's output (the BatchNorm's input), NCHW.
+    /// The convolution's output (the BatchNorm's input), its planes in `order`.
     z: Vec<f32>,
+    order: PlaneOrder,
+    /// A batched 1×1 convolution's channel-major input (else empty), for the weight gradient.
+    xt: Vec<f32>,
     stats: Stats,
     gamma: Vec<f32>,
 }
@@ -35,6 +41,7 @@ struct Saved {
 impl Drop for Saved {
     fn drop(&mut self) {
         recycle(std::mem::take(&mut self.z));
+        recycle(std::mem::take(&mut self.xt));
     }
 }
 
@@ -82,14 +89,9 @@ impl Conv {
     pub(super) fn forward(&self, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
         match self {
             &Conv::Pointwise { n, c, o, p } => {
+                // `forward_gemm` writes every element of `z`.
                 let mut z = scratch(n * o * p);
-                if c == 0 {
-                    // No input channel: the GEMMs below would have nothing to write.
-                    z.fill(0.0);
-                }
-                for (zn, xn) in z.chunks_exact_mut(o * p).zip(x.chunks_exact(c * p)) {
-                    matmul(zn, (o, p, c), w, (c, 1), xn, (p, 1), false)?;
-                }
+                forward_gemm(&mut z, x, w, GemmDims { n, c, o, p })?;
                 Ok(z)
             }
             Conv::Depthwise(g) => {
@@ -98,6 +100,51 @@ impl Conv {
                 g.forward_into(x, w, &mut z)?;
                 Ok(z)
             }
+        }
+    }
+
+    /// The convolution's output for the fused BatchNorm, with its plane order, and the input
+    /// the backward needs besides `x`: a 1×1 convolution batched over the images
+    /// ([`GemmDims::batched`]) leaves its output channel-major and keeps its channel-major
+    /// input, so neither is transposed again (the BatchNorm reads and writes planes in either
+    /// order with the same arithmetic).
+    pub(super) fn forward_ordered(
+        &self,
+        x: &[f32],
+        w: &[f32],
+    ) -> Result<(Vec<f32>, PlaneOrder, Vec<f32>)> {
+        if let &Conv::Pointwise { n, c, o, p } = self {
+            let d = GemmDims { n, c, o, p };
+            if d.batched() && c * o * p > 0 && x.len() == n * c * p && w.len() == o * c {
+                let xt = to_channel_major(x, n, c, p).into_inner();
+                // `forward_gemm_cm` writes every element of `zt`.
+                let mut zt = scratch(o * n * p);
+                forward_gemm_cm(&mut zt, &xt, w, d)?;
+                return Ok((zt, PlaneOrder::ChannelMajor, xt));
+            }
+        }
+        Ok((self.forward(x, w)?, PlaneOrder::ImageMajor, Vec::new()))
+    }
+
+    /// [`Conv::backward`] from an output gradient `dz` in the plane order and with the saved
+    /// input that [`Conv::forward_ordered`] gave.
+    pub(super) fn backward_ordered(
+        &self,
+        (x, xt): (&[f32], &[f32]),
+        w: &[f32],
+        (dz, order): (&[f32], PlaneOrder),
+        dx: &mut [f32],
+        dw: &mut [f32],
+    ) -> Result<()> {
+        match (self, order) {
+            (&Conv::Pointwise { n, c, o, p }, PlaneOrder::ChannelMajor) => {
+                let d = GemmDims { n, c, o, p };
+                if xt.len() != n * c * p || dz.len() != n * o * p || dx.len() != n * c * p {
+                    bail!("conv1x1_backward: saved input or gradient do not match")
+                }
+                backward_gemms_cm(Some(xt), w, dz, Some(dx), Some(dw), d)
+            }
+            _ => self.backward(x, w, dz, dx, dw),
         }
     }
 
@@ -111,19 +158,9 @@ impl Conv {
         dw: &mut [f32],
     ) -> Result<()> {
         match self {
-            &Conv::Pointwise { c, o, p, .. } => {
-                if p > 0 {
-                    for (dxn, dzn) in dx.chunks_exact_mut(c * p).zip(dz.chunks_exact(o * p)) {
-                        // Wᵀ[c, o] = w[o·C + c]: row stride 1, column stride C.
-                        matmul(dxn, (c, p, o), w, (1, c), dzn, (p, 1), false)?;
-                    }
-                    let pairs = x.chunks_exact(c * p).zip(dz.chunks_exact(o * p));
-                    for (i, (xn, dzn)) in pairs.enumerate() {
-                        // Xₙᵀ[hw, c] = x[c·P + hw]: row stride 1, column stride P.
-                        matmul(dw, (o, c, p), dzn, (p, 1), xn, (1, p), i > 0)?;
-                    }
-                }
-                Ok(())
+            &Conv::Pointwise { n, c, o, p } => {
+                let d = GemmDims { n, c, o, p };
+                backward_gemms(Some(x), w, dz, Some(dx), Some(dw), d)
             }
             Conv::Depthwise(g) => g.backward_into(x, w, dz, dx, dw),
         }
@@ -149,11 +186,13 @@ impl SliceOp3 for ConvBnForward {
         if x.len() != self.conv.x_len() || w.len() != self.conv.w_len() || gb.len() != 2 * d.c {
             bail!("{}: operand sizes do not match", Self::NAME)
         }
-        let z = self.conv.forward(x, w)?;
+        let (z, order, xt) = self.conv.forward_ordered(x, w)?;
         let (gamma, beta) = gb.split_at(d.c);
-        let (y, stats) = forward_core(&z, gamma, beta, d, self.eps, self.act);
+        let (y, stats) = forward_core_in(&z, order, gamma, beta, d, self.eps, self.act);
         *lock_state(&self.saved, Self::NAME)? = Saved {
             z,
+            order,
+            xt,
             stats,
             gamma: gamma.to_vec(),
         };
@@ -216,8 +255,9 @@ impl SliceOp3 for ConvBnBackward {
         let (dx, rest) = out.split_at_mut(nx);
         let (dw, dgb) = rest.split_at_mut(nw);
         let (dgamma, dbeta) = dgb.split_at_mut(d.c);
-        backward_core(
+        backward_core_in(
             &saved.z,
+            saved.order,
             dy,
             &saved.gamma,
             &saved.stats,
@@ -227,7 +267,8 @@ impl SliceOp3 for ConvBnBackward {
             dgamma,
             dbeta,
         );
-        self.conv.backward(x, w, &dz, dx, dw)?;
+        let (xs, dzs) = ((x, &saved.xt[..]), (&dz[..], saved.order));
+        self.conv.backward_ordered(xs, w, dzs, dx, dw)?;
         recycle(dz);
         Ok(flat(out))
     }

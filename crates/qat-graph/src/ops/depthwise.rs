@@ -22,7 +22,7 @@ use candle_core::{bail, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias::bias_add_nchw;
-use super::common::{dot, f32_contiguous, madd, simd_dispatch, Pooled, PAR_MIN_ELEMS};
+use super::common::{f32_contiguous, madd, simd_dispatch, Pooled, PAR_MIN_ELEMS};
 use super::slice_op::{flat, packed_grads, Op2, SliceOp2, SliceOp3};
 
 /// Geometry of one depthwise conv call.
@@ -491,6 +491,55 @@ fn taps_scatter<const FMA: bool>(dst: &mut [f32], src: &[f32], starts: &[usize],
     }
 }
 
+/// `dw[t] += dot(a, b[starts[t]..][..a.len()])` for every tap `t`, each dot exactly as
+/// [`dot`](super::common::dot) computes it (the same 16 lanes in the same order, tail, final sum), but up to 9
+/// taps per pass over `a`: one dot is a single chain of dependent FMAs (latency-bound, and two
+/// loads per FMA); interleaving the taps' chains fills the FMA pipe and loads each chunk of `a`
+/// once for all of them.
+#[inline(always)]
+fn tap_dots<const FMA: bool>(a: &[f32], b: &[f32], starts: &[usize], dw: &mut [f32]) {
+    let (mut starts, mut dw) = (starts, dw);
+    while !starts.is_empty() {
+        let t = match starts.len() {
+            9.. => dots_n::<FMA, 9>(a, b, starts, dw),
+            4.. => dots_n::<FMA, 4>(a, b, starts, dw),
+            _ => dots_n::<FMA, 1>(a, b, starts, dw),
+        };
+        (starts, dw) = (&starts[t..], &mut dw[t..]);
+    }
+}
+
+/// [`tap_dots`] for the first `T` taps; returns `T`.
+#[inline(always)]
+fn dots_n<const FMA: bool, const T: usize>(
+    a: &[f32],
+    b: &[f32],
+    starts: &[usize],
+    dw: &mut [f32],
+) -> usize {
+    let n = a.len();
+    let bs: [&[f32]; T] = std::array::from_fn(|t| &b[starts[t]..starts[t] + n]);
+    let mut acc = [[0f32; 16]; T];
+    let full = n - n % 16;
+    for j in (0..full).step_by(16) {
+        let x: &[f32; 16] = a[j..j + 16].try_into().expect("a full chunk");
+        for t in 0..T {
+            let y: &[f32; 16] = bs[t][j..j + 16].try_into().expect("a full chunk");
+            for i in 0..16 {
+                acc[t][i] = madd::<FMA>(x[i], y[i], acc[t][i]);
+            }
+        }
+    }
+    for t in 0..T {
+        let mut tail = 0f32;
+        for (&x, &y) in a[full..].iter().zip(&bs[t][full..]) {
+            tail = madd::<FMA>(x, y, tail);
+        }
+        dw[t] += acc[t].iter().sum::<f32>() + tail;
+    }
+    T
+}
+
 /// Forward of a group: writes its `nb` output planes (`out[k]` for image `n0 + k`).
 #[inline(always)]
 fn fwd_group_generic<const FMA: bool>(
@@ -556,9 +605,7 @@ fn backward_group_generic<const FMA: bool>(
         g.spread_rows(grp.plane(g, dy, k, g.out_plane()), dyw, k, pads);
     }
     let starts: Vec<usize> = g.tap_starts(nb).collect();
-    for (&start, d) in starts.iter().zip(dw.iter_mut()) {
-        *d += dot::<FMA>(dyw, &phases[start..start + dyw.len()]);
-    }
+    tap_dots::<FMA>(dyw, phases, &starts, dw);
     taps_scatter::<FMA>(grads, dyw, &starts, wk);
     for (k, dplane) in dx.iter_mut().enumerate() {
         g.gather_phases(&grads[k * g.pp()..], nb * g.pp(), dplane);
@@ -790,4 +837,45 @@ fn crop_to_used(x: &Tensor, g: &Geom) -> Result<Tensor> {
     let used_h = (g.ho - 1) * g.stride + g.dil * (g.kh - 1) + 1;
     let used_w = (g.wo - 1) * g.stride + g.dil * (g.kw - 1) + 1;
     x.narrow(2, 0, used_h)?.narrow(3, 0, used_w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::common::dot;
+
+    simd_dispatch!(fn tap_dots_dispatched = tap_dots(a: &[f32], b: &[f32], starts: &[usize], dw: &mut [f32]));
+    simd_dispatch!(fn dot_dispatched = dot_into(a: &[f32], b: &[f32], out: &mut f32));
+
+    #[inline(always)]
+    fn dot_into<const FMA: bool>(a: &[f32], b: &[f32], out: &mut f32) {
+        *out += dot::<FMA>(a, b);
+    }
+
+    /// The interleaved weight-gradient dots equal one `dot` per tap bit for bit (the trained
+    /// models' rounding depends on it), for every tap count and ragged lengths.
+    #[test]
+    fn tap_dots_equal_one_dot_per_tap_bit_for_bit() {
+        let b: Vec<f32> = (0..700u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0 - 0.5) * 3.0)
+            .collect();
+        for taps in 1..=13 {
+            for len in [1, 15, 16, 17, 47, 64, 100, 513] {
+                let a = &b[3..3 + len];
+                let starts: Vec<usize> = (0..taps).map(|t| (t * 13) % 150).collect();
+                let init: Vec<f32> = (0..taps).map(|t| t as f32 * 0.25 - 1.0).collect();
+                let mut got = init.clone();
+                tap_dots_dispatched(a, &b, &starts, &mut got);
+                for (t, &s) in starts.iter().enumerate() {
+                    let mut want = init[t];
+                    dot_dispatched(a, &b[s..s + len], &mut want);
+                    assert_eq!(
+                        got[t].to_bits(),
+                        want.to_bits(),
+                        "taps {taps} len {len} tap {t}"
+                    );
+                }
+            }
+        }
+    }
 }

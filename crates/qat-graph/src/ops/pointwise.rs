@@ -11,7 +11,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 
 use super::bias::bias_add_nchw;
-use super::common::{dims4, f32_contiguous, slice_f32};
+use super::common::{dims4, f32_contiguous, slice_f32, Pooled};
 use super::slice_op::{Op2, SliceOp2};
 
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +27,180 @@ impl Dims {
     fn p(&self) -> usize {
         self.h * self.w
     }
+    fn gemm(&self) -> GemmDims {
+        GemmDims {
+            n: self.n,
+            c: self.c,
+            o: self.o,
+            p: self.p(),
+        }
+    }
+}
+
+/// The GEMM view of a 1×1 convolution: `N` images of `C` input and `O` output planes of `P`
+/// pixels each.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GemmDims {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) o: usize,
+    pub(super) p: usize,
+}
+
+/// Planes of at most this many pixels (7×7, 4×4: most of MobileNetV2's 1×1 MACs on small
+/// images) run as one GEMM over the whole batch: per image, the GEMM's vectorized dimension
+/// (the plane) is one or a few vector registers with a ragged tail, every call repacks the
+/// weight, and the weight gradient's depth is a single plane (a read-modify-write of all of
+/// `dW` per image). Transposing the planes to channel-major `[C, N·P]` costs one copy per
+/// operand, `1/O` or `1/C` of the GEMM's work.
+const BATCH_PLANE_MAX: usize = 64;
+
+impl GemmDims {
+    /// Whether the GEMMs run once over the batch, on channel-major `[K, N·P]` operands.
+    pub(super) fn batched(&self) -> bool {
+        self.p <= BATCH_PLANE_MAX && self.n > 1
+    }
+}
+
+/// NCHW `[N, K, P]` → channel-major `[K, N·P]` (a pooled buffer).
+pub(super) fn to_channel_major(src: &[f32], n: usize, k: usize, p: usize) -> Pooled {
+    let mut t = Pooled::new(n * k * p);
+    for (i, plane) in src.chunks_exact(p).enumerate() {
+        let (img, ch) = (i / k, i % k);
+        let at = ch * n * p + img * p;
+        t.0[at..at + p].copy_from_slice(plane);
+    }
+    t
+}
+
+/// Channel-major `[K, N·P]` → NCHW `[N, K, P]` into `dst` (fully written).
+fn from_channel_major(dst: &mut [f32], src: &[f32], n: usize, k: usize, p: usize) {
+    for (i, plane) in dst.chunks_exact_mut(p).enumerate() {
+        let (img, ch) = (i / k, i % k);
+        let at = ch * n * p + img * p;
+        plane.copy_from_slice(&src[at..at + p]);
+    }
+}
+
+/// [`forward_gemm`] on channel-major operands: `zt [O, N·P] = W · xt [C, N·P]` (fully
+/// written; `C > 0`).
+pub(super) fn forward_gemm_cm(zt: &mut [f32], xt: &[f32], w: &[f32], d: GemmDims) -> Result<()> {
+    let GemmDims { n, c, o, p } = d;
+    matmul(zt, (o, n * p, c), w, (c, 1), xt, (n * p, 1), false)
+}
+
+/// [`backward_gemms`] on a channel-major output gradient `dzt [O, N·P]` and input
+/// `xt [C, N·P]` (for `dw`); `dx` is NCHW (fully written), and so is `dw`. `N·P` and `C·O` are
+/// not 0.
+pub(super) fn backward_gemms_cm(
+    xt: Option<&[f32]>,
+    w: &[f32],
+    dzt: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: Option<&mut [f32]>,
+    d: GemmDims,
+) -> Result<()> {
+    let GemmDims { n, c, o, p } = d;
+    if let Some(dx) = dx {
+        let mut dxt = Pooled::new(c * n * p);
+        // Wᵀ[c, o] = w[o·C + c]: row stride 1, column stride C.
+        matmul(&mut dxt.0, (c, n * p, o), w, (1, c), dzt, (n * p, 1), false)?;
+        from_channel_major(dx, &dxt.0, n, c, p);
+    }
+    if let Some(dw) = dw {
+        let Some(xt) = xt else {
+            bail!("conv1x1_backward: the weight gradient needs the input")
+        };
+        // Xᵀ[np, c] = xt[c·NP + np]: row stride 1, column stride N·P.
+        matmul(dw, (o, c, n * p), dzt, (n * p, 1), xt, (1, n * p), false)?;
+    }
+    Ok(())
+}
+
+/// `z[n] = W · x[n]` for every image: `x` `[N, C, P]`, `w` `[O, C]`, `z` `[N, O, P]` (fully
+/// written).
+pub(super) fn forward_gemm(z: &mut [f32], x: &[f32], w: &[f32], d: GemmDims) -> Result<()> {
+    let GemmDims { n, c, o, p } = d;
+    if z.len() != n * o * p || x.len() != n * c * p || w.len() != o * c {
+        bail!("conv1x1: operand sizes do not match ({d:?})")
+    }
+    if c == 0 {
+        // No input channel: the GEMMs below would have nothing to write.
+        z.fill(0.0);
+        return Ok(());
+    }
+    if p == 0 {
+        return Ok(());
+    }
+    if d.batched() {
+        let xt = to_channel_major(x, n, c, p);
+        let mut zt = Pooled::new(o * n * p);
+        forward_gemm_cm(&mut zt.0, &xt.0, w, d)?;
+        from_channel_major(z, &zt.0, n, o, p);
+        return Ok(());
+    }
+    for (zn, xn) in z.chunks_exact_mut(o * p).zip(x.chunks_exact(c * p)) {
+        matmul(zn, (o, p, c), w, (c, 1), xn, (p, 1), false)?;
+    }
+    Ok(())
+}
+
+/// The gradients of [`forward_gemm`] from `dz` `[N, O, P]`: with `dx`, `dx[n] = Wᵀ · dz[n]`
+/// (fully written; needs `w`); with `dw`, `dW = Σₙ dz[n] · x[n]ᵀ` (fully written; needs `x`).
+pub(super) fn backward_gemms(
+    x: Option<&[f32]>,
+    w: &[f32],
+    dz: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: Option<&mut [f32]>,
+    d: GemmDims,
+) -> Result<()> {
+    let GemmDims { n, c, o, p } = d;
+    let bad = dz.len() != n * o * p
+        || dx
+            .as_ref()
+            .is_some_and(|dx| dx.len() != n * c * p || w.len() != o * c)
+        || dw
+            .as_ref()
+            .is_some_and(|dw| dw.len() != o * c || x.is_none_or(|x| x.len() != n * c * p));
+    if bad {
+        bail!("conv1x1_backward: operand sizes do not match ({d:?})")
+    }
+    if n * p == 0 || c * o == 0 {
+        // Empty sums: zero gradients.
+        if let Some(dx) = dx {
+            dx.fill(0.0);
+        }
+        if let Some(dw) = dw {
+            dw.fill(0.0);
+        }
+        return Ok(());
+    }
+    if d.batched() {
+        let dzt = to_channel_major(dz, n, o, p);
+        let xt = match (&dw, x) {
+            (Some(_), Some(x)) => Some(to_channel_major(x, n, c, p)),
+            _ => None,
+        };
+        return backward_gemms_cm(xt.as_ref().map(|t| &t.0[..]), w, &dzt.0, dx, dw, d);
+    }
+    if let Some(dx) = dx {
+        for (dxn, dzn) in dx.chunks_exact_mut(c * p).zip(dz.chunks_exact(o * p)) {
+            // Wᵀ[c, o] = w[o·C + c]: row stride 1, column stride C.
+            matmul(dxn, (c, p, o), w, (1, c), dzn, (p, 1), false)?;
+        }
+    }
+    if let (Some(dw), Some(x)) = (dw, x) {
+        for (i, (xn, dzn)) in x
+            .chunks_exact(c * p)
+            .zip(dz.chunks_exact(o * p))
+            .enumerate()
+        {
+            // Xₙᵀ[hw, c] = x[c·P + hw]: row stride 1, column stride P.
+            matmul(dw, (o, c, p), dzn, (p, 1), xn, (1, p), i > 0)?;
+        }
+    }
+    Ok(())
 }
 
 fn parallelism() -> Parallelism {
@@ -98,13 +272,8 @@ impl SliceOp2 for Conv1x1 {
 
     fn run(&self, x: &[f32], w: &[f32], _: (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)> {
         let d = self.0;
-        let p = d.p();
-        let mut y = vec![0f32; d.n * d.o * p];
-        if p > 0 {
-            for (yn, xn) in y.chunks_exact_mut(d.o * p).zip(x.chunks_exact(d.c * p)) {
-                matmul(yn, (d.o, p, d.c), w, (d.c, 1), xn, (p, 1), false)?;
-            }
-        }
+        let mut y = vec![0f32; d.n * d.o * d.p()];
+        forward_gemm(&mut y, x, w, d.gemm())?;
         Ok((y, Shape::from((d.n, d.o, d.h, d.w))))
     }
 
@@ -131,14 +300,8 @@ impl SliceOp2 for Conv1x1InputGrad {
 
     fn run(&self, dy: &[f32], w: &[f32], _: (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)> {
         let d = self.0;
-        let p = d.p();
-        let mut dx = vec![0f32; d.n * d.c * p];
-        if p > 0 {
-            for (dxn, dyn_) in dx.chunks_exact_mut(d.c * p).zip(dy.chunks_exact(d.o * p)) {
-                // Wᵀ[c, o] = w[o·C + c]: row stride 1, column stride C.
-                matmul(dxn, (d.c, p, d.o), w, (1, d.c), dyn_, (p, 1), false)?;
-            }
-        }
+        let mut dx = vec![0f32; d.n * d.c * d.p()];
+        backward_gemms(None, w, dy, Some(&mut dx), None, d.gemm())?;
         Ok((dx, Shape::from((d.n, d.c, d.h, d.w))))
     }
 }
@@ -152,18 +315,8 @@ impl SliceOp2 for Conv1x1WeightGrad {
 
     fn run(&self, x: &[f32], dy: &[f32], _: (&Shape, &Shape)) -> Result<(Vec<f32>, Shape)> {
         let d = self.0;
-        let p = d.p();
         let mut dw = vec![0f32; d.o * d.c];
-        if p > 0 {
-            for (i, (xn, dyn_)) in x
-                .chunks_exact(d.c * p)
-                .zip(dy.chunks_exact(d.o * p))
-                .enumerate()
-            {
-                // Xₙᵀ[hw, c] = x[c·P + hw]: row stride 1, column stride P.
-                matmul(&mut dw, (d.o, d.c, p), dyn_, (p, 1), xn, (1, p), i > 0)?;
-            }
-        }
+        backward_gemms(Some(x), &[], dy, None, Some(&mut dw), d.gemm())?;
         Ok((dw, Shape::from((d.o, d.c, 1, 1))))
     }
 }

@@ -73,7 +73,13 @@ pub fn fake_quantize_per_tensor_slow(
     check::restore_dtype(y, orig)
 }
 
-fn check_per_tensor(op: &str, scale: f32, zp: i32, quant_min: i32, quant_max: i32) -> Result<()> {
+pub(crate) fn check_per_tensor(
+    op: &str,
+    scale: f32,
+    zp: i32,
+    quant_min: i32,
+    quant_max: i32,
+) -> Result<()> {
     check::range(op, quant_min, quant_max)?;
     check::scale(op, "scale", scale)?;
     check::zero_point(op, "zero_point", zp as i64, quant_min, quant_max)

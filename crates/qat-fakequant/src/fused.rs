@@ -1,7 +1,7 @@
 //! `FusedMovingAvgObsFakeQuantize`: the moving-average min / max observer and fake
 //! quantization in one module (PyTorch's fused variant for the default QAT qconfig).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, DType, Device, Error, Module, Result, Tensor};
 use qat_core::{choose_qparams, choose_qparams_per_channel, QDType, QScheme, TensorQParams};
@@ -49,7 +49,8 @@ struct Inner {
 /// ```
 #[derive(Debug)]
 pub struct FusedMovingAvgObsFakeQuantize {
-    inner: Mutex<Inner>,
+    /// Shared with the [`RangeFeed`]s handed out.
+    inner: Arc<Mutex<Inner>>,
     config: ObserverConfig,
     averaging_constant: f32,
 }
@@ -66,7 +67,7 @@ impl FusedMovingAvgObsFakeQuantize {
         }
         let per_tensor = !config.scheme.is_per_channel();
         Ok(Self {
-            inner: Mutex::new(Inner {
+            inner: Arc::new(Mutex::new(Inner {
                 min: if per_tensor {
                     vec![f32::INFINITY]
                 } else {
@@ -80,7 +81,7 @@ impl FusedMovingAvgObsFakeQuantize {
                 scale: vec![1.0],
                 zero_point: vec![0],
                 switches: Switches::ON,
-            }),
+            })),
             config,
             averaging_constant,
         })
@@ -157,34 +158,7 @@ impl FusedMovingAvgObsFakeQuantize {
         let mut g = self.lock()?;
         if g.switches.observer {
             let (bmin, bmax) = self.batch_range(x)?;
-            let observed = match self.config.scheme.axis() {
-                None => !(g.min[0] == f32::INFINITY && g.max[0] == f32::NEG_INFINITY),
-                Some(_) => !g.min.is_empty(),
-            };
-            let (min, max) = if !observed {
-                (bmin, bmax)
-            } else {
-                if g.min.len() != bmin.len() {
-                    bail!(
-                        "{NAME}: channel count changed: observed {} channels before, got {}",
-                        g.min.len(),
-                        bmin.len()
-                    )
-                }
-                let c = self.averaging_constant;
-                let avg = |run: &[f32], cur: &[f32]| -> Vec<f32> {
-                    run.iter()
-                        .zip(cur)
-                        .map(|(&m, &v)| m + c * (v - m))
-                        .collect()
-                };
-                (avg(&g.min, &bmin), avg(&g.max, &bmax))
-            };
-            let q = self.choose(&min, &max)?;
-            g.min = min;
-            g.max = max;
-            g.scale = q.scale;
-            g.zero_point = q.zero_point;
+            observe(&mut g, &self.config, self.averaging_constant, bmin, bmax)?;
         }
         if !g.switches.fake_quant {
             return Ok(x.clone());
@@ -194,21 +168,16 @@ impl FusedMovingAvgObsFakeQuantize {
         fake_quantize_values(NAME, x, &g.scale, &g.zero_point, axis, lo, hi)
     }
 
-    fn choose(&self, min: &[f32], max: &[f32]) -> Result<TensorQParams> {
-        let cfg = &self.config;
-        let q = if cfg.scheme.is_per_channel() {
-            choose_qparams_per_channel(min, max, cfg.dtype, cfg.scheme, cfg.eps)
-        } else {
-            choose_qparams(
-                min[0],
-                max[0],
-                cfg.dtype,
-                cfg.scheme.is_symmetric(),
-                cfg.eps,
-            )
-            .map(|q| TensorQParams::per_tensor(cfg.dtype, cfg.scheme, q))
-        };
-        q.map_err(|e| Error::Msg(format!("{NAME}: {e}")))
+    /// A handle through which an op that computes its output's range itself (in a pass it
+    /// makes anyway) feeds this module's observer and fake-quantizes with the qparams it
+    /// returns: what [`forward`](Self::forward) does, without a pass over the tensor to find
+    /// its range and without a separate output. Per-tensor modules only (`None` otherwise).
+    pub fn range_feed(&self) -> Option<RangeFeed> {
+        (!self.config.scheme.is_per_channel()).then(|| RangeFeed {
+            inner: self.inner.clone(),
+            config: self.config,
+            averaging_constant: self.averaging_constant,
+        })
     }
 
     /// The state as named tensors, with the names of `FakeQuantize` around a moving-average
@@ -291,6 +260,123 @@ impl FusedMovingAvgObsFakeQuantize {
         g.zero_point = zero_point;
         g.switches = switches;
         Ok(())
+    }
+}
+
+/// The moving-average update with a batch range `(bmin, bmax)` (per channel; the first batch
+/// sets the range) and the qparams chosen from the new range. Errors leave `g` unchanged.
+fn observe(
+    g: &mut Inner,
+    config: &ObserverConfig,
+    averaging_constant: f32,
+    bmin: Vec<f32>,
+    bmax: Vec<f32>,
+) -> Result<()> {
+    let observed = match config.scheme.axis() {
+        None => !(g.min[0] == f32::INFINITY && g.max[0] == f32::NEG_INFINITY),
+        Some(_) => !g.min.is_empty(),
+    };
+    let (min, max) = if !observed {
+        (bmin, bmax)
+    } else {
+        if g.min.len() != bmin.len() {
+            bail!(
+                "{NAME}: channel count changed: observed {} channels before, got {}",
+                g.min.len(),
+                bmin.len()
+            )
+        }
+        let c = averaging_constant;
+        let avg = |run: &[f32], cur: &[f32]| -> Vec<f32> {
+            run.iter()
+                .zip(cur)
+                .map(|(&m, &v)| m + c * (v - m))
+                .collect()
+        };
+        (avg(&g.min, &bmin), avg(&g.max, &bmax))
+    };
+    let q = choose(config, &min, &max)?;
+    g.min = min;
+    g.max = max;
+    g.scale = q.scale;
+    g.zero_point = q.zero_point;
+    Ok(())
+}
+
+fn choose(cfg: &ObserverConfig, min: &[f32], max: &[f32]) -> Result<TensorQParams> {
+    let q = if cfg.scheme.is_per_channel() {
+        choose_qparams_per_channel(min, max, cfg.dtype, cfg.scheme, cfg.eps)
+    } else {
+        choose_qparams(
+            min[0],
+            max[0],
+            cfg.dtype,
+            cfg.scheme.is_symmetric(),
+            cfg.eps,
+        )
+        .map(|q| TensorQParams::per_tensor(cfg.dtype, cfg.scheme, q))
+    };
+    q.map_err(|e| Error::Msg(format!("{NAME}: {e}")))
+}
+
+/// A handle on a per-tensor [`FusedMovingAvgObsFakeQuantize`]'s state (from
+/// [`FusedMovingAvgObsFakeQuantize::range_feed`]) for an op that finds its output's range
+/// itself and fake-quantizes that output in place: [`RangeFeed::observe`] makes the module's
+/// observer step exactly as [`FusedMovingAvgObsFakeQuantize::forward`] would on a tensor with
+/// that range, and returns the qparams `forward` would fake-quantize with. Cloning shares the
+/// state, which lives as long as the module or any handle.
+///
+/// ```
+/// use qat_fakequant::FusedMovingAvgObsFakeQuantize;
+/// use qat_observer::ObserverConfig;
+/// let fq = FusedMovingAvgObsFakeQuantize::new(ObserverConfig::default(), 0.01).unwrap();
+/// let feed = fq.range_feed().unwrap();
+/// // A batch spanning [-1, 3]: the first one sets the range.
+/// let (scale, zp) = feed.observe(-1.0, 3.0, 0).unwrap().unwrap();
+/// assert_eq!((scale, zp), (4.0 / 255.0, 64));
+/// assert_eq!(fq.min_max().unwrap(), (vec![-1.0], vec![3.0]));
+/// assert!(feed.observe(0.0, 1.0, 2).is_err()); // NaN / Inf seen: refused, state kept
+/// assert_eq!(fq.min_max().unwrap(), (vec![-1.0], vec![3.0]));
+/// ```
+#[derive(Debug, Clone)]
+pub struct RangeFeed {
+    inner: Arc<Mutex<Inner>>,
+    config: ObserverConfig,
+    averaging_constant: f32,
+}
+
+impl RangeFeed {
+    /// `(quant_min, quant_max)`.
+    pub fn quant_range(&self) -> (i32, i32) {
+        self.config.dtype.range()
+    }
+
+    /// Observe a batch whose finite values span `[min, max]` and which holds `non_finite`
+    /// NaN / Inf values (if the observer is on), then return the `(scale, zero_point)` to
+    /// fake-quantize the batch with, or `None` when fake quantization is off. Errors, leaving
+    /// the state unchanged, where `forward` would: non-finite values or an empty batch
+    /// (`min > max`) while the observer is on.
+    pub fn observe(&self, min: f32, max: f32, non_finite: usize) -> Result<Option<(f32, i32)>> {
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| Error::Msg(format!("{NAME}: state poisoned by a panic")))?;
+        if g.switches.observer {
+            if non_finite > 0 {
+                bail!("{NAME}: the observed tensor has {non_finite} non-finite values (NaN or Inf); state left unchanged")
+            }
+            if min.is_nan() || max.is_nan() || min > max {
+                bail!("{NAME}: cannot observe an empty tensor (range [{min}, {max}])")
+            }
+            let (cfg, c) = (&self.config, self.averaging_constant);
+            observe(&mut g, cfg, c, vec![min], vec![max])?;
+        }
+        if !g.switches.fake_quant {
+            return Ok(None);
+        }
+        let (lo, hi) = self.quant_range();
+        crate::fake_quant::check_per_tensor(NAME, g.scale[0], g.zero_point[0], lo, hi)?;
+        Ok(Some((g.scale[0], g.zero_point[0])))
     }
 }
 

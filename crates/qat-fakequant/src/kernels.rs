@@ -89,6 +89,21 @@ fn pass(x: f32, a: Affine, lo: f32, hi: f32) -> f32 {
     ((lo <= qf) & (qf <= hi)) as u8 as f32
 }
 
+/// One element fake-quantized, for kernels in other crates that fuse fake quantization into
+/// their own loops (`#[inline(always)]`: it vectorizes there with the caller's ISA). The same
+/// bits as every kernel here and [`qat_core::fake_quantize_with_inv`].
+#[inline(always)]
+pub fn fake_quantize_one(x: f32, a: Affine, lo: f32, hi: f32) -> f32 {
+    fq(x, a, lo, hi)
+}
+
+/// The straight-through mask of one element (1.0 inside the range, 0.0 outside or NaN), for
+/// kernels in other crates that fold the fake-quant gradient into their own backward.
+#[inline(always)]
+pub fn ste_mask_one(x: f32, a: Affine, lo: f32, hi: f32) -> f32 {
+    pass(x, a, lo, hi)
+}
+
 /// Expands each kernel body into a portable copy and `#[target_feature]` copies, and a
 /// dispatcher taking the [`Isa`] first. The ISA is re-checked (a cached load) before an
 /// unsafe call, so a caller passing an ISA the CPU lacks gets the portable code.
@@ -141,6 +156,16 @@ multiversion! {
             for (xi, yi) in xb.iter().zip(yb.iter_mut()) {
                 yi.write(fq(*xi, a, lo, hi));
             }
+        }
+    }
+}
+
+multiversion! {
+    /// Fake-quantize `y` in place with one channel's constants (an output that its producer
+    /// wrote and observed, fake-quantized without a second buffer).
+    fn fwd_in_place(y: &mut [f32], a: Affine, lo: f32, hi: f32) {
+        for v in y.iter_mut() {
+            *v = fq(*v, a, lo, hi);
         }
     }
 }
@@ -381,6 +406,31 @@ mod tests {
                 assert_eq!(y[i].to_bits(), r.to_bits(), "{isa:?} x={}", x[i]);
                 let want = g[i] * m as u8 as f32;
                 assert_eq!(dx[i].to_bits(), want.to_bits(), "{isa:?} x={}", x[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn in_place_and_one_element_equal_the_kernels() {
+        let x = inputs();
+        let a = Affine::new(0.1, 3.0);
+        for isa in Isa::all_supported() {
+            let want = fill_vec(x.len(), |y| {
+                fwd_blocks(isa, &x, y, &[a], x.len(), 0.0, 255.0)
+            });
+            let mut got = x.clone();
+            fwd_in_place(isa, &mut got, a, 0.0, 255.0);
+            for i in 0..x.len() {
+                assert_eq!(got[i].to_bits(), want[i].to_bits(), "{isa:?} x={}", x[i]);
+                let one = fake_quantize_one(x[i], a, 0.0, 255.0);
+                assert_eq!(one.to_bits(), want[i].to_bits(), "x={}", x[i]);
+                let (_, m) = qat_core::fake_quantize_with_inv(x[i], 0.1, a.inv, 3, 0, 255);
+                assert_eq!(
+                    ste_mask_one(x[i], a, 0.0, 255.0),
+                    m as u8 as f32,
+                    "x={}",
+                    x[i]
+                );
             }
         }
     }

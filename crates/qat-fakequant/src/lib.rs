@@ -52,7 +52,7 @@ pub use fake_quant::{
     fake_quantize_per_channel, fake_quantize_per_channel_slow, fake_quantize_per_tensor,
     fake_quantize_per_tensor_slow,
 };
-pub use fused::FusedMovingAvgObsFakeQuantize;
+pub use fused::{FusedMovingAvgObsFakeQuantize, RangeFeed};
 pub use learnable::{fake_quantize_learnable_per_channel, fake_quantize_learnable_per_tensor};
 pub use learnable_module::LearnableFakeQuantize;
 pub use module::FakeQuantize;

@@ -12,11 +12,13 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, Result, Shape, Tensor};
+use qat_fakequant::{FusedMovingAvgObsFakeQuantize, RangeFeed};
 
 use super::batch_norm::{check_dims, Act, BatchNormTrainOutput};
 use super::common::{dims4, f32_contiguous, lock_state, recycle, scratch};
 use super::conv_bn::{conv_grads, pointwise, Conv};
 use super::depthwise::Geom as DwGeom;
+use super::out_fq::observe_and_apply;
 use super::prescaled_bn::{backward_core, forward_core, Stats};
 use super::slice_op::{flat, Op3, SliceOp3};
 
@@ -43,6 +45,8 @@ struct Forward {
     out: (usize, usize, usize, usize),
     eps: f64,
     act: Option<(Act, f32, f32)>,
+    /// The output fake-quant applied to `y` in place.
+    fq: Option<RangeFeed>,
     saved: Arc<Mutex<Saved>>,
 }
 
@@ -57,7 +61,17 @@ impl SliceOp3 for Forward {
         }
         let u = self.conv.forward(x, w)?;
         let (gs, bb) = p.split_at(2 * d.c);
-        let (y, stats) = forward_core(&u, gs, bb, d, self.eps, self.act);
+        let observe = self.fq.is_some();
+        let (mut y, mut stats, range) = forward_core(&u, gs, bb, d, self.eps, self.act, observe);
+        if let Some(feed) = &self.fq {
+            match observe_and_apply(feed, &mut y, range) {
+                Ok(gate) => stats.fq = gate,
+                Err(e) => {
+                    recycle(u);
+                    return Err(e);
+                }
+            }
+        }
         *lock_state(&self.saved, Self::NAME)? = Saved {
             u,
             stats,
@@ -139,7 +153,7 @@ fn run(
     (divisor, shift): (&Tensor, Option<&Tensor>),
     (gamma, beta): (&Tensor, &Tensor),
     eps: f64,
-    act: Option<(f32, f32)>,
+    (act, fq): (Option<(f32, f32)>, Option<&RangeFeed>),
     op: &str,
 ) -> Result<BatchNormTrainOutput> {
     if eps.is_nan() || eps < 0.0 {
@@ -187,6 +201,7 @@ fn run(
             out,
             eps,
             act,
+            fq: fq.cloned(),
             saved: saved.clone(),
         }),
     )?;
@@ -215,7 +230,47 @@ pub fn conv1x1_bn_act_train_prescaled(
 ) -> Result<BatchNormTrainOutput> {
     const OP: &str = "conv1x1_bn_act_train_prescaled";
     let conv = pointwise(x, w, OP)?;
-    run(conv, x, w, (divisor, shift), (gamma, beta), eps, act, OP)
+    run(
+        conv,
+        x,
+        w,
+        (divisor, shift),
+        (gamma, beta),
+        eps,
+        (act, None),
+        OP,
+    )
+}
+
+/// [`conv1x1_bn_act_train_prescaled`] with the output's activation fake-quant in the same op,
+/// as [`batch_norm_act_fq_train_prescaled`](super::batch_norm_act_fq_train_prescaled) adds it
+/// to the BatchNorm: values, gradients and the observer's state equal the op followed by the
+/// module's `forward` bit for bit ([`conv_bn_act_fq_train_prescaled_slow`]).
+#[allow(clippy::too_many_arguments)]
+pub fn conv1x1_bn_act_fq_train_prescaled(
+    x: &Tensor,
+    w: &Tensor,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Option<(f32, f32)>,
+    fq: &RangeFeed,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "conv1x1_bn_act_fq_train_prescaled";
+    let conv = pointwise(x, w, OP)?;
+    let epilogue = (act, Some(fq));
+    run(
+        conv,
+        x,
+        w,
+        (divisor, shift),
+        (gamma, beta),
+        eps,
+        epilogue,
+        OP,
+    )
 }
 
 /// [`conv1x1_bn_act_train_prescaled`] with a depthwise convolution (`groups = C`, weight
@@ -242,7 +297,37 @@ pub fn depthwise_bn_act_train_prescaled(
         (divisor, shift),
         (gamma, beta),
         eps,
-        act,
+        (act, None),
+        OP,
+    )
+}
+
+/// [`depthwise_bn_act_train_prescaled`] with the output's activation fake-quant in the same
+/// op, as [`conv1x1_bn_act_fq_train_prescaled`].
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_bn_act_fq_train_prescaled(
+    x: &Tensor,
+    w: &Tensor,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    (stride, padding, dilation): (usize, usize, usize),
+    act: Option<(f32, f32)>,
+    fq: &RangeFeed,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "depthwise_bn_act_fq_train_prescaled";
+    let g = DwGeom::new(x.dims(), w.dims(), stride, padding, dilation)?;
+    let (conv, epilogue) = (Conv::Depthwise(g), (act, Some(fq)));
+    run(
+        conv,
+        x,
+        w,
+        (divisor, shift),
+        (gamma, beta),
+        eps,
+        epilogue,
         OP,
     )
 }
@@ -276,4 +361,27 @@ pub fn conv_bn_act_train_prescaled_slow(
             &u, divisor, shift, gamma, beta, eps, min, max,
         ),
     }
+}
+
+/// [`conv1x1_bn_act_fq_train_prescaled`] (`geom = None`) or
+/// [`depthwise_bn_act_fq_train_prescaled`] as candle ops and the module it fuses (the
+/// reference for tests): [`conv_bn_act_train_prescaled_slow`], then `fq.forward`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_act_fq_train_prescaled_slow(
+    x: &Tensor,
+    w: &Tensor,
+    geom: Option<(usize, usize, usize)>,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Option<(f32, f32)>,
+    fq: &FusedMovingAvgObsFakeQuantize,
+) -> Result<BatchNormTrainOutput> {
+    let o = conv_bn_act_train_prescaled_slow(x, w, geom, divisor, shift, gamma, beta, eps, act)?;
+    Ok(BatchNormTrainOutput {
+        y: fq.forward(&o.y)?,
+        ..o
+    })
 }

@@ -21,6 +21,7 @@ mod conv_bn;
 mod conv_prescaled_bn;
 mod depthwise;
 mod frozen_bn;
+mod out_fq;
 mod pointwise;
 mod prescaled_bn;
 
@@ -38,13 +39,15 @@ pub use conv_bn::{
     depthwise_bn_act_train_slow,
 };
 pub use conv_prescaled_bn::{
-    conv1x1_bn_act_train_prescaled, conv_bn_act_train_prescaled_slow,
-    depthwise_bn_act_train_prescaled,
+    conv1x1_bn_act_fq_train_prescaled, conv1x1_bn_act_train_prescaled,
+    conv_bn_act_fq_train_prescaled_slow, conv_bn_act_train_prescaled_slow,
+    depthwise_bn_act_fq_train_prescaled, depthwise_bn_act_train_prescaled,
 };
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_dilated, depthwise_conv2d_slow};
 pub use frozen_bn::{channel_div_affine_act_nchw, channel_div_affine_act_nchw_slow};
 pub use pointwise::{conv1x1, conv1x1_slow};
 pub use prescaled_bn::{
+    batch_norm_act_fq_train_prescaled, batch_norm_act_fq_train_prescaled_slow,
     batch_norm_act_train_prescaled, batch_norm_act_train_prescaled_slow,
     batch_norm_train_prescaled, batch_norm_train_prescaled_slow,
 };

@@ -12,6 +12,7 @@ use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, Result, Shape, Tensor};
+use qat_fakequant::{FusedMovingAvgObsFakeQuantize, RangeFeed};
 use rayon::prelude::*;
 
 use super::batch_norm::{
@@ -21,6 +22,7 @@ use super::channel::fwd_plane;
 use super::common::{
     f32_contiguous, lock_state, madd, output, simd_dispatch, sum, Pooled, PAR_MIN_ELEMS,
 };
+use super::out_fq::{affine_range, observe_and_apply, FqGate, Range};
 use super::slice_op::{flat, packed_grads, Op3, SliceOp3};
 
 /// Per-channel statistics of `z`, saved by the forward for the backward.
@@ -29,6 +31,8 @@ pub(super) struct Stats {
     pub(super) mean: Vec<f32>,
     invstd: Vec<f32>,
     pub(super) var: Vec<f32>,
+    /// The output fake-quant the forward applied (its gradient mask joins the activation's).
+    pub(super) fq: Option<FqGate>,
 }
 
 /// `z = x / s + b` for plane `i` of `x` into `z`.
@@ -74,26 +78,82 @@ fn per_channel_out<T: Send, E: Send>(
     }
 }
 
-/// [`grad_sums`] of `dy` masked by the activation's gradient (passed where the forward's
-/// pre-activation `a·z + b`, recomputed with its rounding, is inside the bounds), without
-/// storing the masked gradient: the same lanes, tails and additions as `grad_sums` on the
-/// gradient the unfused activation op would hand the BatchNorm, so the same sums bit for bit.
+/// What the backward passes `dy` through before the BatchNorm's gradient: the activation's
+/// gradient mask and the output fake-quant's straight-through mask, each at the value the
+/// forward computed (the pre-activation `a·z + b` recomputed with its rounding).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Gate {
+    pub(super) act: Option<Act>,
+    pub(super) fq: Option<FqGate>,
+}
+
+impl Gate {
+    /// Whether `dy` reaches the BatchNorm unchanged.
+    fn is_open(&self) -> bool {
+        self.act.is_none() && self.fq.is_none()
+    }
+}
+
+/// Evaluates `$body` with `$f` bound to the gate `(dy, z) -> dy'` of `$gate` (`$ab` the
+/// forward's affine), one closure per case so each loop inlines only what it applies: the
+/// activation passes `dy` where the pre-activation is inside its bounds (the output fake-quant
+/// then sees that same value, which the clamp left alone), else 0.
+macro_rules! with_gate {
+    ($gate:expr, $ab:expr, $fma:ident, |$f:ident| $body:expr) => {{
+        let (a, b): (f32, f32) = $ab;
+        let pre = move |v: f32| madd::<$fma>(a, v, b);
+        let gate: Gate = $gate;
+        match (gate.act, gate.fq) {
+            (None, None) => {
+                let $f = |g: f32, _: f32| g;
+                $body
+            }
+            (Some(act), None) => {
+                let $f = move |g: f32, v: f32| if act.passes(pre(v)) { g } else { 0.0 };
+                $body
+            }
+            (None, Some(fq)) => {
+                let $f = move |g: f32, v: f32| fq.grad(g, pre(v));
+                $body
+            }
+            (Some(act), Some(fq)) => {
+                let $f = move |g: f32, v: f32| {
+                    let p = pre(v);
+                    if act.passes(p) {
+                        fq.grad(g, p)
+                    } else {
+                        0.0
+                    }
+                };
+                $body
+            }
+        }
+    }};
+}
+
+/// [`grad_sums`] of `dy` through the gate (activation and fake-quant masks), without storing
+/// the masked gradient: the same lanes, tails and additions as `grad_sums` on the gradient
+/// the unfused ops would hand the BatchNorm, so the same sums bit for bit.
 #[inline(always)]
 fn grad_sums_mask_generic<const FMA: bool>(
     dy: &[f32],
     z: &[f32],
     mean: f32,
-    (a, b): (f32, f32),
-    act: Act,
+    ab: (f32, f32),
+    gate: Gate,
     out: &mut (f64, f64),
 ) {
-    let gate = |g: f32, v: f32| {
-        if act.passes(madd::<FMA>(a, v, b)) {
-            g
-        } else {
-            0.0
-        }
-    };
+    *out = with_gate!(gate, ab, FMA, |f| gated_sums::<FMA>(dy, z, mean, f));
+}
+
+/// The sums of [`grad_sums_mask_generic`] for one gate.
+#[inline(always)]
+fn gated_sums<const FMA: bool>(
+    dy: &[f32],
+    z: &[f32],
+    mean: f32,
+    gate: impl Fn(f32, f32) -> f32,
+) -> (f64, f64) {
     let (mut accg, mut acc) = ([0f32; 16], [0f32; 16]);
     let mut cd = dy.chunks_exact(16);
     let mut cz = z.chunks_exact(16);
@@ -107,16 +167,17 @@ fn grad_sums_mask_generic<const FMA: bool>(
     let tail = || cd.remainder().iter().zip(cz.remainder());
     let gsum_tail: f32 = tail().map(|(&g, &v)| gate(g, v)).sum();
     let prod_tail: f32 = tail().map(|(&g, &v)| gate(g, v) * (v - mean)).sum();
-    *out = (
+    (
         (accg.iter().sum::<f32>() + gsum_tail) as f64,
         acc.iter().sum::<f32>() as f64 + prod_tail as f64,
-    );
+    )
 }
 
-simd_dispatch!(fn grad_sums_mask = grad_sums_mask_generic(dy: &[f32], z: &[f32], mean: f32, ab: (f32, f32), act: Act, out: &mut (f64, f64)));
+simd_dispatch!(fn grad_sums_mask = grad_sums_mask_generic(dy: &[f32], z: &[f32], mean: f32, ab: (f32, f32), gate: Gate, out: &mut (f64, f64)));
 
-/// The BatchNorm input gradient `dz = k·dy + m·z + q` (`dy` masked by the activation's
-/// gradient when there is one, as `batch_norm::dx_act` masks it) un-scaled, `dx = dz / s`,
+/// The BatchNorm input gradient `dz = k·dy + m·z + q` (`dy` through the gate: masked by the
+/// activation's gradient when there is one, as `batch_norm::dx_act` masks it, and by the
+/// output fake-quant's) un-scaled, `dx = dz / s`,
 /// returning `(Σ dz, Σ dz·x)`: `batch_norm::dx_kernel` / `dx_act` then the channel op's
 /// backward (`channel::bwd_plane`) in one pass, without the `dz` plane between them. The same
 /// per-element arithmetic and the same 16 lanes and tail for the sums: the same rounding.
@@ -128,22 +189,18 @@ fn dz_div_generic<const FMA: bool>(
     z: &[f32],
     x: &[f32],
     (k, m, q): (f32, f32, f32),
-    (a, b): (f32, f32),
-    act: Option<Act>,
+    ab: (f32, f32),
+    gate: Gate,
     s: f32,
     out: &mut (f64, f64),
 ) {
     let bn = move |g: f32, zv: f32| madd::<FMA>(k, g, madd::<FMA>(m, zv, q));
-    *out = match act {
-        None => dz_div_sums::<FMA>(o, dy, z, x, s, bn),
-        Some(act) => dz_div_sums::<FMA>(o, dy, z, x, s, move |g, zv| {
-            let pass = act.passes(madd::<FMA>(a, zv, b));
-            bn(if pass { g } else { 0.0 }, zv)
-        }),
-    };
+    *out = with_gate!(gate, ab, FMA, |f| {
+        dz_div_sums::<FMA>(o, dy, z, x, s, move |g, zv| bn(f(g, zv), zv))
+    });
 }
 
-simd_dispatch!(#[allow(clippy::too_many_arguments)] fn dz_div = dz_div_generic(o: &mut [f32], dy: &[f32], z: &[f32], x: &[f32], kmq: (f32, f32, f32), ab: (f32, f32), act: Option<Act>, s: f32, out: &mut (f64, f64)));
+simd_dispatch!(#[allow(clippy::too_many_arguments)] fn dz_div = dz_div_generic(o: &mut [f32], dy: &[f32], z: &[f32], x: &[f32], kmq: (f32, f32, f32), ab: (f32, f32), gate: Gate, s: f32, out: &mut (f64, f64)));
 
 /// The body of [`dz_div_generic`] for one `dz(dy, z)`.
 #[inline(always)]
@@ -193,8 +250,9 @@ fn z_channel(z: &mut [f32], x: &[f32], d: Dims, c: usize, s: &[f32], b: &[f32]) 
     }
 }
 
-/// The forward on `x` (NCHW, `d`) with `gs = [γ | s]`, `bb = [β | b]`: the output and the
-/// statistics of `z = x / s + b`.
+/// The forward on `x` (NCHW, `d`) with `gs = [γ | s]`, `bb = [β | b]`: the output, the
+/// statistics of `z = x / s + b`, and with `observe` the output's range (else
+/// [`Range::EMPTY`]).
 pub(super) fn forward_core(
     x: &[f32],
     gs: &[f32],
@@ -202,7 +260,8 @@ pub(super) fn forward_core(
     d: Dims,
     eps: f64,
     act: Option<(Act, f32, f32)>,
-) -> (Vec<f32>, Stats) {
+    observe: bool,
+) -> (Vec<f32>, Stats, Range) {
     let (gamma, s) = gs.split_at(d.c);
     let (beta, b) = bb.split_at(d.c);
     let m = d.count() as f64;
@@ -219,13 +278,15 @@ pub(super) fn forward_core(
         let invstd = (1.0 / (var as f64 + eps).sqrt()) as f32;
         let a = gamma[c] * invstd;
         let off = beta[c] - a * mean;
+        let mut range = Range::EMPTY;
         for (yp, zp) in yc.iter_mut().zip(z.chunks_exact(d.plane.max(1))) {
             match act {
+                _ if observe => affine_range(yp, zp, a, off, act.map(|a| (a.1, a.2)), &mut range),
                 None => affine(yp, zp, a, off),
                 Some((_, lo, hi)) => affine_clamp(yp, zp, a, off, lo, hi),
             }
         }
-        (mean, var, invstd)
+        (mean, var, invstd, range)
     };
     // The callers size `x` from `d`; were it otherwise, planes would miss output elements.
     assert_eq!(x.len(), d.n * d.c * d.plane, "input size matches its dims");
@@ -235,7 +296,18 @@ pub(super) fn forward_core(
     let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
     let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
     let invstd: Vec<f32> = stats.iter().map(|s| s.2).collect();
-    (y, Stats { mean, invstd, var })
+    let range = stats.iter().fold(Range::EMPTY, |r, s| r.merge(s.3));
+    let fq = None;
+    (
+        y,
+        Stats {
+            mean,
+            invstd,
+            var,
+            fq,
+        },
+        range,
+    )
 }
 
 /// `(x [N,C,H,W], [γ | s] (2C), [β | b] (2C)) -> y`.
@@ -244,6 +316,8 @@ struct Forward {
     eps: f64,
     /// The activation clamped after the affine (bounds kept for the forward's clamp).
     act: Option<(Act, f32, f32)>,
+    /// The output fake-quant applied to `y` in place.
+    fq: Option<RangeFeed>,
     stats: Arc<Mutex<Stats>>,
 }
 
@@ -252,7 +326,12 @@ impl SliceOp3 for Forward {
     const OPERANDS: [&'static str; 3] = ["input", "weight and divisor", "bias and shift"];
 
     fn run(&self, x: &[f32], gs: &[f32], bb: &[f32], shape: &Shape) -> Result<(Vec<f32>, Shape)> {
-        let (y, stats) = forward_core(x, gs, bb, self.d, self.eps, self.act);
+        let observe = self.fq.is_some();
+        let (mut y, mut stats, range) =
+            forward_core(x, gs, bb, self.d, self.eps, self.act, observe);
+        if let Some(feed) = &self.fq {
+            stats.fq = observe_and_apply(feed, &mut y, range)?;
+        }
         *lock_state(&self.stats, Self::NAME)? = stats;
         Ok((y, shape.clone()))
     }
@@ -307,7 +386,8 @@ impl SliceOp3 for Backward {
 }
 
 /// The backward on `x` (checked by the caller against `d`, `st` and `params = [γ | s | β | b]`):
-/// writes `dx` and `tail = [dγ | ds | dβ | db]`.
+/// writes `dx` and `tail = [dγ | ds | dβ | db]`. `dy` passes the activation's gradient mask
+/// and that of the output fake-quant the forward applied (`st.fq`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward_core(
     x: &[f32],
@@ -324,6 +404,7 @@ pub(super) fn backward_core(
     let (beta, b) = rest.split_at(d.c);
     let m = d.count() as f64;
     let plane = |i: usize| i * d.plane..(i + 1) * d.plane;
+    let gate = Gate { act, fq: st.fq };
     // Per channel: z once; Σdy and Σdy·(z − mean), with an activation of dy masked by its
     // gradient (pre-activation recomputed with the forward's coefficients); then
     // dz = k·dy + mz·z + q (the BatchNorm backward, masked alike) and dx = dz / s with Σdz and
@@ -338,9 +419,10 @@ pub(super) fn backward_core(
         let (mut sdy, mut sdyzc) = (0f64, 0f64);
         for (n, zp) in z.chunks_exact(d.plane.max(1)).enumerate() {
             let mut o = (0f64, 0f64);
-            match act {
-                None => grad_sums(dyc(n), zp, st.mean[c], &mut o),
-                Some(act) => grad_sums_mask(dyc(n), zp, st.mean[c], ab, act, &mut o),
+            if gate.is_open() {
+                grad_sums(dyc(n), zp, st.mean[c], &mut o);
+            } else {
+                grad_sums_mask(dyc(n), zp, st.mean[c], ab, gate, &mut o);
             }
             sdy += o.0;
             sdyzc += o.1;
@@ -358,7 +440,7 @@ pub(super) fn backward_core(
             let i = n * d.c + c;
             let kmq = (k as f32, mz as f32, q as f32);
             let mut o = (0f64, 0f64);
-            dz_div(dxp, dyc(n), zp, &x[plane(i)], kmq, ab, act, s[c], &mut o);
+            dz_div(dxp, dyc(n), zp, &x[plane(i)], kmq, ab, gate, s[c], &mut o);
             sdz += o.0;
             sdzx += o.1;
         }
@@ -393,7 +475,7 @@ pub fn batch_norm_train_prescaled(
         shift,
         (weight, bias),
         eps,
-        None,
+        (None, None),
         "batch_norm_train_prescaled",
     )
 }
@@ -426,7 +508,34 @@ pub fn batch_norm_act_train_prescaled(
 ) -> Result<BatchNormTrainOutput> {
     const OP: &str = "batch_norm_act_train_prescaled";
     let act = Some((Act::new(min, max, OP)?, min, max));
-    prescaled(x, divisor, shift, (weight, bias), eps, act, OP)
+    prescaled(x, divisor, shift, (weight, bias), eps, (act, None), OP)
+}
+
+/// [`batch_norm_train_prescaled`] (`act = None`) or [`batch_norm_act_train_prescaled`]
+/// (`act = Some((min, max))`) with the output's activation fake-quant in the same op: the
+/// observer behind `fq` steps with the output's range (found in the pass that writes it) and
+/// the output is fake-quantized in place with the qparams it returns; the backward applies the
+/// straight-through mask with the activation's. Values, gradients and the observer's state
+/// equal the op followed by that module's `forward` bit for bit
+/// ([`batch_norm_act_fq_train_prescaled_slow`]). Errors as the op does, and where the module
+/// would (non-finite outputs while its observer is on; nothing is updated then).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_act_fq_train_prescaled(
+    x: &Tensor,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    act: Option<(f32, f32)>,
+    fq: &RangeFeed,
+) -> Result<BatchNormTrainOutput> {
+    const OP: &str = "batch_norm_act_fq_train_prescaled";
+    let act = match act {
+        Some((min, max)) => Some((Act::new(min, max, OP)?, min, max)),
+        None => None,
+    };
+    prescaled(x, divisor, shift, (weight, bias), eps, (act, Some(fq)), OP)
 }
 
 fn prescaled(
@@ -435,7 +544,7 @@ fn prescaled(
     shift: Option<&Tensor>,
     (weight, bias): (&Tensor, &Tensor),
     eps: f64,
-    act: Option<(Act, f32, f32)>,
+    (act, fq): (Option<(Act, f32, f32)>, Option<&RangeFeed>),
     op: &str,
 ) -> Result<BatchNormTrainOutput> {
     let d = check(x, weight, bias, op)?;
@@ -460,6 +569,7 @@ fn prescaled(
             d,
             eps,
             act,
+            fq: fq.cloned(),
             stats: stats.clone(),
         }),
     )?;
@@ -502,6 +612,32 @@ pub fn batch_norm_act_train_prescaled_slow(
     })
 }
 
+/// [`batch_norm_act_fq_train_prescaled`] as candle ops and the module it fuses (the
+/// reference for tests): [`batch_norm_train_prescaled_slow`] or
+/// [`batch_norm_act_train_prescaled_slow`], then `fq.forward`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_act_fq_train_prescaled_slow(
+    x: &Tensor,
+    divisor: &Tensor,
+    shift: Option<&Tensor>,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    act: Option<(f32, f32)>,
+    fq: &FusedMovingAvgObsFakeQuantize,
+) -> Result<BatchNormTrainOutput> {
+    let o = match act {
+        None => batch_norm_train_prescaled_slow(x, divisor, shift, weight, bias, eps)?,
+        Some((min, max)) => {
+            batch_norm_act_train_prescaled_slow(x, divisor, shift, weight, bias, eps, min, max)?
+        }
+    };
+    Ok(BatchNormTrainOutput {
+        y: fq.forward(&o.y)?,
+        ..o
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::batch_norm::{dx_act, dx_kernel};
@@ -539,7 +675,8 @@ mod tests {
                     let want_sums = bwd_plane(&mut want, &dz, &x, s, true);
                     let mut got = vec![0f32; len];
                     let mut got_sums = (0f64, 0f64);
-                    dz_div(&mut got, &dy, &z, &x, kmq, ab, act, s, &mut got_sums);
+                    let gate = Gate { act, fq: None };
+                    dz_div(&mut got, &dy, &z, &x, kmq, ab, gate, s, &mut got_sums);
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&got), bits(&want), "dx, len {len} s {s} act {act:?}");
                     assert_eq!(

@@ -16,9 +16,11 @@
 //! will be quantized after folding.
 
 use candle_core::{Tensor, Var};
+use qat_fakequant::RangeFeed;
 
 use crate::error::{GraphError, Result};
 use crate::ir::{Act, BnCfg, Conv2dCfg};
+use crate::ops;
 use crate::prims::{self, OpsPath};
 use crate::qat::fq::FqModule;
 
@@ -91,6 +93,12 @@ pub fn folded_bn_act_forward(
 /// path a 1×1 or depthwise convolution and the BatchNorm (+ activation) run as one op
 /// (`prims::conv_bn_act_train_prescaled`): the same values and gradients, without the
 /// convolution's output as an autograd tensor.
+///
+/// With `out_fq` (the node's activation fake-quant), batch statistics and the fast CPU path,
+/// that op (or, after another convolution, the BatchNorm op) also observes its output and
+/// fake-quantizes it in place: the second value is then `true` and the output is the
+/// fake-quantized one (the same values, gradients and observer state as the module's own
+/// `forward` after the op); otherwise it is `false` and the module is left to the caller.
 #[allow(clippy::too_many_arguments)]
 pub fn folded_conv_bn_act_forward(
     x: &Tensor,
@@ -102,26 +110,78 @@ pub fn folded_conv_bn_act_forward(
     act: Option<Act>,
     path: OpsPath,
     conv: &Conv2dCfg,
-) -> Result<Tensor> {
+    out_fq: Option<&RangeFeed>,
+) -> Result<(Tensor, bool)> {
     let (scale_factor, scaled) = folded_weight(weight, bn, weight_fq)?;
+    let fast = stats == BnStats::Batch && path == OpsPath::Fast;
+    let fast = fast && x.device().is_cpu() && x.rank() == 4;
+    let pre = (&scale_factor, bias);
+    let (gamma, beta) = (bn.weight.as_tensor(), bn.bias.as_tensor());
+    let eps = bn.cfg.eps;
+    if let (Some(feed), true) = (out_fq, fast) {
+        let bounds = act.map(act_bounds);
+        let pointwise = conv.kernel == [1, 1] && conv.groups == 1;
+        let pointwise = pointwise && conv.padding == 0 && conv.stride == 1;
+        let o = if pointwise {
+            let (x, w) = (x, &scaled);
+            ops::conv1x1_bn_act_fq_train_prescaled(
+                x, w, pre.0, pre.1, gamma, beta, eps, bounds, feed,
+            )?
+        } else if conv.is_depthwise() {
+            let geom = (conv.stride, conv.padding, conv.dilation);
+            ops::depthwise_bn_act_fq_train_prescaled(
+                x, &scaled, pre.0, pre.1, gamma, beta, eps, geom, bounds, feed,
+            )?
+        } else {
+            let y = prims::conv2d(x, &scaled, None, conv, path)?;
+            let per_channel = y.elem_count() / y.dim(1)?;
+            if per_channel < 2 {
+                return Err(one_value_per_channel(bn, &y));
+            }
+            ops::batch_norm_act_fq_train_prescaled(
+                &y, pre.0, pre.1, gamma, beta, eps, bounds, feed,
+            )?
+        };
+        update_running_stats(bn, o.y.elem_count() / o.y.dim(1)?, &o.mean, &o.var)?;
+        return Ok((o.y, true));
+    }
     if stats == BnStats::Batch {
         let fused = prims::conv_bn_act_train_prescaled(
             x,
             &scaled,
-            (&scale_factor, bias),
-            (bn.weight.as_tensor(), bn.bias.as_tensor()),
-            bn.cfg.eps,
+            pre,
+            (gamma, beta),
+            eps,
             conv,
             act,
             path,
         )?;
         if let Some((y, mean, var)) = fused {
             update_running_stats(bn, y.elem_count() / y.dim(1)?, &mean, &var)?;
-            return Ok(y);
+            return Ok((y, false));
         }
     }
     let y = prims::conv2d(x, &scaled, None, conv, path)?;
-    batch_norm_prescaled(bn, &y, Some((&scale_factor, bias)), stats, (act, path))
+    let y = batch_norm_prescaled(bn, &y, Some(pre), stats, (act, path))?;
+    Ok((y, false))
+}
+
+/// The clamp bounds of an activation.
+fn act_bounds(a: Act) -> (f32, f32) {
+    match a {
+        Act::ReLU => (0.0, f32::INFINITY),
+        Act::ReLU6 => (0.0, 6.0),
+    }
+}
+
+fn one_value_per_channel(bn: &BnVars, x: &Tensor) -> GraphError {
+    GraphError::node(
+        &bn.name,
+        format!(
+            "train-mode BatchNorm needs more than 1 value per channel, got input {:?}",
+            x.dims()
+        ),
+    )
 }
 
 /// The BN scale factor `γ / √(running_var + ε)` and the weight scaled by it per output channel,
@@ -165,10 +225,7 @@ fn batch_norm_prescaled(
         if let Some((d, b)) = pre.filter(|_| fused_frozen_tail(x, act, path)) {
             // Un-scaling, affine and activation as one op: the same values and gradients
             // without two intermediate autograd tensors.
-            let bounds = act.map(|a| match a {
-                Act::ReLU => (0f32, f32::INFINITY),
-                Act::ReLU6 => (0f32, 6f32),
-            });
+            let bounds = act.map(act_bounds);
             return Ok(crate::ops::channel_div_affine_act_nchw(
                 x, d, b, &scale, &shift, bounds,
             )?);
@@ -182,13 +239,7 @@ fn batch_norm_prescaled(
     }
     let per_channel = x.elem_count() / x.dim(1)?;
     if per_channel < 2 {
-        return Err(GraphError::node(
-            &bn.name,
-            format!(
-                "train-mode BatchNorm needs more than 1 value per channel, got input {:?}",
-                x.dims()
-            ),
-        ));
+        return Err(one_value_per_channel(bn, x));
     }
     let (gamma, beta) = (bn.weight.as_tensor(), bn.bias.as_tensor());
     // The BatchNorm always runs on the default path; the activation joins it only there.

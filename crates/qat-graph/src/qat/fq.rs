@@ -1,7 +1,7 @@
 //! [`FqModule`]: one fake-quant module of a prepared graph, whatever its kind.
 
 use candle_core::{Tensor, Var};
-use qat_fakequant::State;
+use qat_fakequant::{RangeFeed, State};
 
 use crate::error::{GraphError, Result};
 use crate::qconfig::{FakeQuantKind, FqModuleKind, FqSpec};
@@ -52,6 +52,16 @@ impl FqModule {
             FqModuleKind::Learnable(m) => m.forward(x),
         };
         r.map_err(|e| GraphError::node(&self.name, e.to_string()))
+    }
+
+    /// The observer feed of a per-tensor fused moving-average module (the default activation
+    /// fake-quant), for an op that observes and fake-quantizes its own output in place (see
+    /// [`qat_fakequant::RangeFeed`]); `None` for other kinds.
+    pub fn range_feed(&self) -> Option<RangeFeed> {
+        match &self.inner {
+            FqModuleKind::Fused(m) => m.range_feed(),
+            _ => None,
+        }
     }
 
     /// Fake-quantize `x` with the module's current qparams, observing nothing: for a value

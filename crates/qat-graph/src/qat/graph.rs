@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor, Var};
+use qat_fakequant::RangeFeed;
 
 use crate::error::{GraphError, Result};
 use crate::exec::GraphModule;
@@ -54,6 +55,7 @@ pub struct QatGraph {
     nodes: Vec<QatNode>,
     bn_frozen: AtomicBool,
     int8_bias: AtomicBool,
+    fused_output_fq: AtomicBool,
     last_use: Vec<usize>,
 }
 
@@ -199,6 +201,7 @@ impl QatGraph {
             nodes,
             bn_frozen: AtomicBool::new(false),
             int8_bias: AtomicBool::new(true),
+            fused_output_fq: AtomicBool::new(true),
             last_use,
         })
     }
@@ -291,6 +294,20 @@ impl QatGraph {
     /// Whether eval adds the int8 model's bias rounding.
     pub fn int8_bias_simulated(&self) -> bool {
         self.int8_bias.load(Ordering::Relaxed)
+    }
+
+    /// Whether a quantized Conv+BN training with batch statistics on the fast CPU path
+    /// observes and fake-quantizes its output inside its fused op, when its activation
+    /// fake-quant is the default per-tensor moving-average one (on by default). The values,
+    /// gradients and observer state are those of the separate module bit for bit; the fused op
+    /// saves the module's passes over the tensor, its output and its autograd node. Off: the
+    /// module runs on its own (for comparison).
+    pub fn fuse_output_fake_quant(&self, on: bool) {
+        self.fused_output_fq.store(on, Ordering::Relaxed);
+    }
+    /// Whether [`QatGraph::fuse_output_fake_quant`] is on.
+    pub fn output_fake_quant_fused(&self) -> bool {
+        self.fused_output_fq.load(Ordering::Relaxed)
     }
 
     /// Switch every observer on or off.
@@ -509,6 +526,7 @@ impl QatGraph {
         let mut next_input = 0;
         for (i, node) in g.nodes().iter().enumerate() {
             let q = &self.nodes[i];
+            let mut fq_applied = false;
             let y = if matches!(node.op, Op::Input { .. }) {
                 let x = xs[next_input];
                 next_input += 1;
@@ -536,12 +554,25 @@ impl QatGraph {
                             .expect("inputs computed before use")
                     })
                     .collect();
-                self.node_value(i, &ins, train).map_err(|e| match e {
-                    GraphError::Candle(e) => GraphError::node(&node.name, e.to_string()),
-                    e => e,
-                })?
+                // A quantized Conv+BN may apply its output fake-quant itself.
+                let feed = q
+                    .output_fq
+                    .as_ref()
+                    .filter(|_| train && !q.is_quant_stub && self.output_fake_quant_fused())
+                    .and_then(|f| f.range_feed());
+                let (y, done) = self
+                    .node_value_fq(i, &ins, train, feed.as_ref())
+                    .map_err(|e| match e {
+                        GraphError::Candle(e) => GraphError::node(&node.name, e.to_string()),
+                        e => e,
+                    })?;
+                if done {
+                    fq_applied = true;
+                }
+                y
             };
             let (v, stub) = match &q.output_fq {
+                _ if fq_applied => (y, None),
                 Some(fq) if q.is_quant_stub => {
                     let s = fq.forward(&y)?;
                     (y, Some(s))
@@ -577,31 +608,45 @@ impl QatGraph {
     /// its int8 model then disagrees with it on every half-step tie and more), anything
     /// else as the float module runs it.
     pub(crate) fn node_value(&self, i: usize, ins: &[&Tensor], train: bool) -> Result<Tensor> {
+        Ok(self.node_value_fq(i, ins, train, None)?.0)
+    }
+
+    /// [`Self::node_value`], where a quantized Conv+BN may also observe and fake-quantize its
+    /// output through `out_fq` (see [`folded_conv_bn_act_forward`]): the second value says
+    /// whether it did.
+    fn node_value_fq(
+        &self,
+        i: usize,
+        ins: &[&Tensor],
+        train: bool,
+        out_fq: Option<&RangeFeed>,
+    ) -> Result<(Tensor, bool)> {
         let node = &self.graph().nodes()[i];
         let q = &self.nodes[i];
         if q.config.is_some() && q.weight.is_some() {
-            let y = self.qat_node(i, ins, train)?;
+            let (y, done) = self.qat_node(i, ins, train, out_fq)?;
             return if train || !self.int8_bias_simulated() {
-                Ok(y)
+                Ok((y, done))
             } else {
-                super::bias::with_int8_bias(self, NodeId(i), y)
+                Ok((super::bias::with_int8_bias(self, NodeId(i), y)?, done))
             };
         }
         let y = self.module.eval_node(i, ins, train)?;
         if q.config.is_none() {
-            return Ok(y);
+            return Ok((y, false));
         }
         let fq = match node.op {
             Op::GlobalAvgPool | Op::AvgPool2d(_) => self.value_fq(node.inputs[0]),
             _ => None,
         };
-        match fq {
+        let y = match fq {
             Some(fq) if node.op == Op::GlobalAvgPool => {
-                super::pool::integer_global_pool(fq, ins[0], &y)
+                super::pool::integer_global_pool(fq, ins[0], &y)?
             }
-            Some(fq) => fq.fake_quantize_frozen(&y),
-            None => Ok(y),
-        }
+            Some(fq) => fq.fake_quantize_frozen(&y)?,
+            None => y,
+        };
+        Ok((y, false))
     }
 
     /// The fake-quant that sets the qparams of node `id`'s value: its own output
@@ -622,8 +667,16 @@ impl QatGraph {
         }
     }
 
-    /// A quantized conv / linear node: weight fake-quant inside, BN folded PyTorch's way.
-    pub(crate) fn qat_node(&self, i: usize, ins: &[&Tensor], train: bool) -> Result<Tensor> {
+    /// A quantized conv / linear node: weight fake-quant inside, BN folded PyTorch's way; a
+    /// Conv+BN also applies its output fake-quant through `out_fq` where its fused op can (the
+    /// second value says whether it did).
+    fn qat_node(
+        &self,
+        i: usize,
+        ins: &[&Tensor],
+        train: bool,
+        out_fq: Option<&RangeFeed>,
+    ) -> Result<(Tensor, bool)> {
         let node = &self.graph().nodes()[i];
         let q = &self.nodes[i];
         let path = self.module.ops_path();
@@ -642,22 +695,29 @@ impl QatGraph {
             BnStats::Running
         };
         let bn = || q.bn.as_ref().expect("fused BN looked up");
+        let plain = |y: Result<Tensor>| y.map(|y| (y, false));
         match &node.op {
-            Op::Conv2d(c) => Ok(prims::conv2d(x, &fq_w()?, b, c, path)?),
-            Op::ConvAct { conv, act: a } => {
-                act(prims::conv2d(x, &fq_w()?, b, conv, path)?, Some(*a), path)
-            }
-            Op::Linear(_) => linear(x, &fq_w()?, b),
-            Op::LinearAct { act: a, .. } => act(linear(x, &fq_w()?, b)?, Some(*a), path),
+            Op::Conv2d(c) => plain(Ok(prims::conv2d(x, &fq_w()?, b, c, path)?)),
+            Op::ConvAct { conv, act: a } => plain(act(
+                prims::conv2d(x, &fq_w()?, b, conv, path)?,
+                Some(*a),
+                path,
+            )),
+            Op::Linear(_) => plain(linear(x, &fq_w()?, b)),
+            Op::LinearAct { act: a, .. } => plain(act(linear(x, &fq_w()?, b)?, Some(*a), path)),
             Op::ConvBn { conv, act: a, .. } => {
                 let fq = q.weight_fq.as_ref();
-                folded_conv_bn_act_forward(x, w, b, bn(), stats, fq, *a, path, conv)
+                folded_conv_bn_act_forward(x, w, b, bn(), stats, fq, *a, path, conv, out_fq)
             }
-            Op::LinearBn { .. } => {
-                folded_bn_forward(x, w, b, bn(), stats, q.weight_fq.as_ref(), |x, w| {
-                    linear(x, w, None)
-                })
-            }
+            Op::LinearBn { .. } => plain(folded_bn_forward(
+                x,
+                w,
+                b,
+                bn(),
+                stats,
+                q.weight_fq.as_ref(),
+                |x, w| linear(x, w, None),
+            )),
             op => Err(GraphError::node(
                 &node.name,
                 format!("{} has no QAT form with weights", op.type_name()),

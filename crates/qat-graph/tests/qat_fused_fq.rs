@@ -1,0 +1,148 @@
+//! QAT Conv+BN layers training with batch statistics apply their activation fake-quant
+//! inside their fused op (`QatGraph::fuse_output_fake_quant`, on by default): over several
+//! steps the graph's outputs, every parameter gradient, the running statistics and every
+//! fake-quant module's state (ranges, qparams) equal the graph running the modules on their
+//! own, bit for bit, with BN live and then frozen (where nothing is fused).
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use qat_graph::{
+    prepare_qat_module, BnCfg, Conv2dCfg, Graph, GraphModule, LinearCfg, QConfig, QatGraph,
+};
+
+fn graph() -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("x", [4, 9, 9]).unwrap();
+    // 1×1 conv with a bias (the un-scaling's shift) + BN + ReLU6.
+    let a = g
+        .conv2d("a.0", x, Conv2dCfg::new(4, 12, 1).bias(true))
+        .unwrap();
+    let a = g.batch_norm2d("a.1", a, BnCfg::new(12)).unwrap();
+    let a = g.relu6("a.2", a).unwrap();
+    // Depthwise stride 2 + BN + ReLU6.
+    let b = g
+        .conv2d(
+            "b.0",
+            a,
+            Conv2dCfg::new(12, 12, 3)
+                .stride(2)
+                .padding(1)
+                .groups(12)
+                .bias(false),
+        )
+        .unwrap();
+    let b = g.batch_norm2d("b.1", b, BnCfg::new(12)).unwrap();
+    let b = g.relu6("b.2", b).unwrap();
+    // 1×1 projection + BN, no activation.
+    let c = g
+        .conv2d("c.0", b, Conv2dCfg::new(12, 6, 1).bias(false))
+        .unwrap();
+    let c = g.batch_norm2d("c.1", c, BnCfg::new(6)).unwrap();
+    let p = g.global_avg_pool("pool", c).unwrap();
+    let f = g.flatten("flatten", p).unwrap();
+    g.linear(
+        "fc",
+        f,
+        LinearCfg {
+            in_features: 6,
+            out_features: 5,
+            bias: true,
+        },
+    )
+    .unwrap();
+    g
+}
+
+fn qat(fused: bool) -> QatGraph {
+    let m = GraphModule::new(graph(), 21, &Device::Cpu).unwrap();
+    let q = prepare_qat_module(m, &QConfig::default_qat()).unwrap();
+    q.fuse_output_fake_quant(fused);
+    q
+}
+
+fn input(seed: u64) -> Tensor {
+    let n = 3 * 4 * 9 * 9;
+    let v: Vec<f32> = (0..n)
+        .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 250.0) - 2.0)
+        .collect();
+    Tensor::from_vec(v, (3, 4, 9, 9), &Device::Cpu).unwrap()
+}
+
+/// The loss `Σ y·r`, its value and every trainable parameter's gradient by name.
+fn step(q: &QatGraph, x: &Tensor) -> (Vec<f32>, HashMap<String, Vec<f32>>) {
+    let y = q.forward_t(x, true).unwrap();
+    let r = Tensor::arange(0f32, y.elem_count() as f32, &Device::Cpu)
+        .unwrap()
+        .reshape(y.dims())
+        .unwrap()
+        .cos()
+        .unwrap();
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = q
+        .trainable()
+        .into_iter()
+        .map(|(name, var, _)| {
+            let g = grads
+                .get(var.as_tensor())
+                .expect("every parameter has a gradient");
+            (name, g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        })
+        .collect();
+    (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+}
+
+fn state_bits(q: &QatGraph) -> HashMap<String, Vec<u32>> {
+    q.state()
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            let v = t.to_dtype(candle_core::DType::F32).unwrap();
+            let v = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (k, v.iter().map(|f| f.to_bits()).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn qat_fused_output_fake_quant_equals_separate_modules() {
+    let (fused, plain) = (qat(true), qat(false));
+    assert!(fused.output_fake_quant_fused() && !plain.output_fake_quant_fused());
+    for (i, frozen) in [false, false, false, true].into_iter().enumerate() {
+        if frozen {
+            fused.freeze_bn_stats();
+            plain.freeze_bn_stats();
+        }
+        let x = input(i as u64);
+        let (yf, gf) = step(&fused, &x);
+        let (yp, gp) = step(&plain, &x);
+        let what = format!("step {i} (BN frozen: {frozen})");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&yf), bits(&yp), "{what}: output");
+        assert_eq!(gf.len(), gp.len());
+        for (name, g) in &gf {
+            // Bit for bit up to the sign of zero.
+            let same = g.iter().zip(&gp[name]).all(|(a, b)| a == b);
+            assert!(same, "{what}: gradient of {name}: {g:?} vs {:?}", gp[name]);
+        }
+        assert_eq!(state_bits(&fused), state_bits(&plain), "{what}: state");
+    }
+    // The activation observers moved (fake quantization was on all along).
+    let fq = fused.fake_quant("a.0.activation_post_process").unwrap();
+    assert!(
+        fq.qparams().unwrap().0[0] != 1.0,
+        "the output fake-quant observed nothing"
+    );
+    // The fused op did the observing: a NaN BN bias makes a.0's output non-finite, and the
+    // refusal comes from the node's op, not from the separate module.
+    fused.update_bn_stats();
+    plain.update_bn_stats();
+    for (q, separate) in [(&fused, false), (&plain, true)] {
+        let vars = q.module().varmap().data().lock().unwrap().clone();
+        let w = &vars["a.1.bias"];
+        w.set(&(w.as_tensor() * f64::NAN).unwrap()).unwrap();
+        let e = q.forward_t(&input(9), true).unwrap_err().to_string();
+        assert!(e.contains("non-finite"), "{e}");
+        assert_eq!(e.contains("a.0.activation_post_process"), separate, "{e}");
+    }
+}

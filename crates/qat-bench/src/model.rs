@@ -13,9 +13,14 @@
 //! section measured). At one thread, `cpu_ms` is the best process CPU time per int8 call: on
 //! a loaded machine it stays near the quiet-machine latency while `ms` (wall) does not.
 //!
+//! `--file` times a saved int8 model instead (`QuantizedModel::save`, e.g. the training
+//! example's output): input shape from the model, batch sizes from `--batch` (default 1), one
+//! line per (batch, threads) with `model` the file's name.
+//!
 //! ```text
 //! taskset -c 1 qat-bench model --threads 1
 //! qat-bench model --model mnv2-28-w0.5 --batch 32 --threads 1 --threads 2
+//! qat-bench model --file mnv2.int8.safetensors --batch 1 --batch 32 --threads 1
 //! ```
 
 use crate::json::emit;
@@ -28,6 +33,7 @@ use qat_runtime::{ModelOptions, QuantizedModel};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Arguments of `qat-bench model`.
@@ -62,6 +68,10 @@ pub struct Args {
     /// Calls the per-op figures take their best from.
     #[arg(long, default_value_t = 20)]
     per_op_reps: usize,
+    /// Time this saved int8 model (safetensors, `QuantizedModel::save`) instead of the
+    /// built-in MobileNetV2s: input shape from the model, batches from `--batch` (default 1).
+    #[arg(long, conflicts_with = "model")]
+    file: Option<PathBuf>,
 }
 
 /// One benchmarked configuration.
@@ -86,8 +96,15 @@ const CONFIGS: [Config; 2] = [
 
 /// Random NCHW input of `batch` images.
 fn input(cfg: &MobileNetV2Config, batch: usize, seed: u64) -> Vec<f32> {
+    random_input(
+        batch * cfg.in_channels * cfg.input_size * cfg.input_size,
+        seed,
+    )
+}
+
+/// `n` random values in the range of normalized images.
+fn random_input(n: usize, seed: u64) -> Vec<f32> {
     let mut r = StdRng::seed_from_u64(seed);
-    let n = batch * cfg.in_channels * cfg.input_size * cfg.input_size;
     (0..n).map(|_| r.gen_range(-2.5f32..2.5)).collect()
 }
 
@@ -246,9 +263,83 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * p).round() / p
 }
 
+/// Load a saved int8 model packed for `isa` and `threads`, the error naming the file.
+fn load(path: &Path, isa: qat_kernels::Isa, threads: usize) -> anyhow::Result<QuantizedModel> {
+    let options = ModelOptions {
+        isa: Some(isa),
+        threads,
+    };
+    QuantizedModel::load_with(path, options)
+        .with_context(|| format!("loading the int8 model {}", path.display()))
+}
+
+/// `--file`: time a saved model at each batch size and thread count.
+fn run_file(path: &Path, args: &Args) -> anyhow::Result<()> {
+    let isa = qat_kernels::isa::active();
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    );
+    let batches = if args.batch.is_empty() {
+        vec![1]
+    } else {
+        args.batch.clone()
+    };
+    for &threads in &args.threads {
+        let model = load(path, isa, threads)?;
+        if args.inspect && threads == args.threads[0] {
+            eprintln!("{}", model.inspect());
+        }
+        let shape = model.input().shape;
+        for &batch in &batches {
+            let x = random_input(model.input_len(batch)?, 11);
+            // MACs from the model's own op table (one profiled call).
+            let macs: u64 = model.profile(&x, batch, 1)?.iter().map(|o| o.macs).sum();
+            let int8 = time_int8(&model, &x, batch, args.reps).context(name.clone())?;
+            let cpu = (threads == 1).then(|| cpu_int8(&model, &x, batch, int8, args.reps));
+            if args.per_op {
+                per_op(&model, &x, batch, threads, &name, args)?;
+            }
+            let int8_gmacs = macs as f64 / int8 / 1e9;
+            emit(&[
+                ("bench", json!("model")),
+                ("threads", json!(threads)),
+                ("impl", json!("ours")),
+                ("isa", json!(isa.to_string())),
+                ("model", json!(name)),
+                ("weights", json!("file")),
+                ("int8_from", json!(path.display().to_string())),
+                ("c", json!(shape.c)),
+                ("h", json!(shape.h)),
+                ("w", json!(shape.w)),
+                ("batch", json!(batch)),
+                ("macs_per_image", json!(macs as f64 / batch as f64)),
+                ("ms", json!(int8 * 1e3)),
+                ("ms_per_image", json!(int8 * 1e3 / batch as f64)),
+                ("cpu_ms", json!(cpu.map(|c| c * 1e3))),
+                ("gmacs", json!(round(int8_gmacs, 1))),
+                (
+                    "peak_pct",
+                    json!(round(
+                        100.0 * int8_gmacs / args.peak_gmacs / threads as f64,
+                        1
+                    )),
+                ),
+            ]);
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.threads.contains(&0) {
         bail!("--threads must be at least 1");
+    }
+    if args.batch.contains(&0) {
+        bail!("--batch must be at least 1");
+    }
+    if let Some(path) = &args.file {
+        return run_file(path, args);
     }
     for m in &args.model {
         if !CONFIGS.iter().any(|c| c.name == m) {
@@ -329,4 +420,80 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that does not exist, or that is not a model, is an error naming the file and
+    /// the problem, never a panic.
+    #[test]
+    fn missing_or_corrupt_file_is_a_clear_error() {
+        let isa = qat_kernels::Isa::Scalar;
+        let dir = std::env::temp_dir().join(format!("qat-bench-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.int8.safetensors");
+        let e = format!("{:#}", load(&missing, isa, 1).unwrap_err());
+        assert!(e.contains("missing.int8.safetensors"), "{e}");
+        let corrupt = dir.join("corrupt.int8.safetensors");
+        std::fs::write(&corrupt, b"\x10\0\0\0\0\0\0\0{not json at all").unwrap();
+        let e = format!("{:#}", load(&corrupt, isa, 1).unwrap_err());
+        assert!(e.contains("corrupt.int8.safetensors"), "{e}");
+        assert!(
+            e.len() > "loading the int8 model ".len() + corrupt.as_os_str().len(),
+            "{e}"
+        );
+        let empty = dir.join("empty.int8.safetensors");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(load(&empty, isa, 1).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A saved model loads with its own input shape and times at every batch / thread count;
+    /// a missing file makes the whole command fail.
+    #[test]
+    fn times_a_saved_model() {
+        use qat_core::QParams;
+        use qat_runtime::{Bias, LinearParams, ModelBuilder, Shape};
+        let q = QParams {
+            scale: 0.1,
+            zero_point: 3,
+        };
+        let mut b = ModelBuilder::new();
+        b.input("x", Shape::new(6, 1, 1), q).unwrap();
+        let fc = LinearParams {
+            out_features: 4,
+            weight: (0..24).map(|i| i as i8 - 12).collect(),
+            weight_scales: vec![0.02; 4],
+            bias: Bias::None,
+            output: q,
+            activation: qat_kernels::Activation::None,
+        };
+        b.linear("fc", "x", fc).unwrap();
+        b.dequantize("y", "fc").unwrap();
+        let dir = std::env::temp_dir().join(format!("qat-bench-saved-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny.int8.safetensors");
+        b.build("y").unwrap().save(&path).unwrap();
+        let loaded = load(&path, qat_kernels::isa::active(), 1).unwrap();
+        assert_eq!(loaded.input().shape, Shape::new(6, 1, 1));
+        let mut args = Args {
+            threads: vec![1, 2],
+            reps: 1,
+            model: Vec::new(),
+            batch: vec![1, 3],
+            no_float: true,
+            peak_gmacs: 100.0,
+            inspect: false,
+            per_op: true,
+            per_op_reps: 1,
+            file: Some(path),
+        };
+        run(&args).unwrap();
+        args.file = Some(dir.join("nope.int8.safetensors"));
+        let e = format!("{:#}", run(&args).unwrap_err());
+        assert!(e.contains("nope.int8.safetensors"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -32,7 +32,7 @@ use qat_graph::{convert_with, prepare_qat_module, GraphModule, QConfig};
 use qat_runtime::{ModelOptions, QuantizedModel};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -263,6 +263,31 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * p).round() / p
 }
 
+/// The timing fields every `model` line carries, built-in model or `--file`: one call of
+/// `batch` images doing `macs` MACs in `int8` seconds (`cpu`: process CPU seconds, 1 thread).
+fn timing_fields(
+    batch: usize,
+    macs: f64,
+    int8: f64,
+    cpu: Option<f64>,
+    threads: usize,
+    peak_gmacs: f64,
+) -> [(&'static str, Value); 7] {
+    let gmacs = macs / int8 / 1e9;
+    [
+        ("batch", json!(batch)),
+        ("macs_per_image", json!(macs / batch as f64)),
+        ("ms", json!(int8 * 1e3)),
+        ("ms_per_image", json!(int8 * 1e3 / batch as f64)),
+        ("cpu_ms", json!(cpu.map(|c| c * 1e3))),
+        ("gmacs", json!(round(gmacs, 1))),
+        (
+            "peak_pct",
+            json!(round(100.0 * gmacs / peak_gmacs / threads as f64, 1)),
+        ),
+    ]
+}
+
 /// Load a saved int8 model packed for `isa` and `threads`, the error naming the file.
 fn load(path: &Path, isa: qat_kernels::Isa, threads: usize) -> anyhow::Result<QuantizedModel> {
     let options = ModelOptions {
@@ -300,8 +325,8 @@ fn run_file(path: &Path, args: &Args) -> anyhow::Result<()> {
             if args.per_op {
                 per_op(&model, &x, batch, threads, &name, args)?;
             }
-            let int8_gmacs = macs as f64 / int8 / 1e9;
-            emit(&[
+            let timing = timing_fields(batch, macs as f64, int8, cpu, threads, args.peak_gmacs);
+            let fields = [
                 ("bench", json!("model")),
                 ("threads", json!(threads)),
                 ("impl", json!("ours")),
@@ -312,20 +337,8 @@ fn run_file(path: &Path, args: &Args) -> anyhow::Result<()> {
                 ("c", json!(shape.c)),
                 ("h", json!(shape.h)),
                 ("w", json!(shape.w)),
-                ("batch", json!(batch)),
-                ("macs_per_image", json!(macs as f64 / batch as f64)),
-                ("ms", json!(int8 * 1e3)),
-                ("ms_per_image", json!(int8 * 1e3 / batch as f64)),
-                ("cpu_ms", json!(cpu.map(|c| c * 1e3))),
-                ("gmacs", json!(round(int8_gmacs, 1))),
-                (
-                    "peak_pct",
-                    json!(round(
-                        100.0 * int8_gmacs / args.peak_gmacs / threads as f64,
-                        1
-                    )),
-                ),
-            ]);
+            ];
+            emit(&[&fields[..], &timing[..]].concat());
         }
     }
     Ok(())
@@ -383,8 +396,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     per_op(&model, &x, batch, threads, cfg.name, args)?;
                 }
                 let macs = per_image * batch as f64;
-                let int8_gmacs = macs / int8 / 1e9;
-                emit(&[
+                let timing = timing_fields(batch, macs, int8, cpu, threads, args.peak_gmacs);
+                let fields = [
                     ("bench", json!("model")),
                     ("threads", json!(threads)),
                     ("impl", json!("ours")),
@@ -399,23 +412,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     ("h", json!(net.input_size)),
                     ("w", json!(net.input_size)),
                     ("width", json!(net.width_mult)),
-                    ("batch", json!(batch)),
-                    ("macs_per_image", json!(per_image)),
-                    ("ms", json!(int8 * 1e3)),
-                    ("ms_per_image", json!(int8 * 1e3 / batch as f64)),
-                    ("cpu_ms", json!(cpu.map(|c| c * 1e3))),
-                    ("gmacs", json!(round(int8_gmacs, 1))),
-                    (
-                        "peak_pct",
-                        json!(round(
-                            100.0 * int8_gmacs / args.peak_gmacs / threads as f64,
-                            1
-                        )),
-                    ),
                     ("fp32_ms", json!(fp32.map(|s| s * 1e3))),
                     ("fp32_gmacs", json!(fp32.map(|s| round(macs / s / 1e9, 1)))),
                     ("int8_speedup", json!(fp32.map(|s| round(s / int8, 2)))),
-                ]);
+                ];
+                emit(&[&fields[..], &timing[..]].concat());
             }
         }
     }

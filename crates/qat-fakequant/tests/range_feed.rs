@@ -7,16 +7,12 @@ use candle_core::{Device, Tensor};
 use qat_core::{QDType, QScheme};
 use qat_fakequant::{fake_quantize_per_tensor, FusedMovingAvgObsFakeQuantize};
 use qat_observer::ObserverConfig;
+use qat_testutil::lcg_values;
 
 fn batch(seed: u64, n: usize, shift: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0 + shift
-        })
+    lcg_values(n, seed, 4.0)
+        .into_iter()
+        .map(|v| v + shift)
         .collect()
 }
 
